@@ -1,0 +1,88 @@
+"""What every command shares: running a click command with the exit-code contract, the
+config directory option, the debug log and the one-line error report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ims.errors import EXIT_CODE_TABLE, ExitCode, ImsError
+
+
+class CommandResult(Exception):
+    """Raised by a command body to hand its exit code to ``run``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def run(command: click.Command, argv: list[str] | None, prog: str) -> int:
+    """Run a click command and return its exit code; errors become one line on stderr."""
+    try:
+        command.main(args=argv, prog_name=prog, standalone_mode=False)
+    except CommandResult as result:
+        return result.code
+    except ImsError as exc:
+        click.echo(f"{prog}: error: {exc}", err=True)
+        return int(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)
+        return int(ExitCode.USAGE)
+    except click.UsageError as exc:
+        msg = exc.format_message()
+        click.echo(f"{prog}: usage error: {msg}", err=True)
+        return int(ExitCode.USAGE)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo(f"{prog}: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted", err=True)
+        return 130
+    return int(ExitCode.OK)
+
+
+def epilog(extra: str = "") -> str:
+    text = (extra + "\n\n" if extra else "") + EXIT_CODE_TABLE
+    # \b keeps click from re-wrapping the table
+    return "\b\n" + text.replace("\n\n", "\n\n\b\n")
+
+
+config_dir_option = click.option(
+    "--config-dir", metavar="DIR", default=None,
+    help="Configuration directory (default: $IMS_CONFIG_DIR, else /etc/ims).")
+
+
+def setup_debug_log(logdir: Path, command: str) -> Path:
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        path = logdir / f"{command}.log"
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        from ims.errors import ConfigError
+        raise ConfigError(f"{logdir}: cannot write the debug log: {exc.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+    root = logging.getLogger("ims")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    return path
+
+
+def emit_json(summary: dict[str, Any], to_stderr: bool) -> None:
+    stream = sys.stderr if to_stderr else sys.stdout
+    stream.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+def warn(prog: str, message: str) -> None:
+    click.echo(f"{prog}: warning: {message}", err=True)
+
+
+ReportFn = Callable[[str], None]

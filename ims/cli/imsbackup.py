@@ -1,0 +1,163 @@
+"""imsbackup: back up the message store, or parts of it, to a file, a device or a pipe."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ims.archive import format as fmt
+from ims.archive.device import open_output
+from ims.archive.writer import ArchiveWriter, RecordSink
+from ims.backup import BackupOptions, BackupReport, run_backup, stderr_is_terminal, summary
+from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog, run,
+                            setup_debug_log, warn)
+from ims.config import Config
+from ims.config import config_dir as config_dir_path
+from ims.errors import ConfigError, ExitCode, UsageError, most_serious
+from ims.names import resolve, validate_encoding
+from ims.store.maildir import LayoutError, MaildirStore
+
+PROG = "imsbackup"
+
+HELP = """Back up the message store, or parts of it, to FILE, a device or - (stdout).
+
+NAME is a logical name: / (whole store), /PARTITION, /PARTITION/GROUP,
+/PARTITION/GROUP/USER, /PARTITION/GROUP/USER/FOLDER[/SUB...], * as PARTITION for
+every partition, or a bare user ID.  The predefined group 'user' (alias ALL) holds
+every user."""
+
+EXTRA = """-d selects every message stored, copied or flag-changed at or after that local
+time (TZ respected); the state of every folder in scope is always written.
+-x backs up the folders of local.store.backup.exclude too (the exclusion list is
+ignored for this run).  -l (tape autoload) is accepted for compatibility and ignored."""
+
+
+def parse_since(text: str) -> float:
+    date, _, clock = text.partition(":")
+    try:
+        if len(date) != 8 or (clock and len(clock) != 6):
+            raise ValueError
+        parsed = time.strptime(date + (clock or "000000"), "%Y%m%d%H%M%S")
+    except ValueError:
+        raise UsageError(f"-d {text}: expected YYYYMMDD or YYYYMMDD:HHMMSS") from None
+    return time.mktime(parsed)
+
+
+def read_names_file(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the names file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    names: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "//" in line:
+            raise ConfigError(f"{path}:{lineno}: malformed logical name {line!r}")
+        names.append(line)
+    return names
+
+
+@click.command(help=HELP, epilog=epilog(EXTRA),
+               context_settings={"help_option_names": ["--help"], "max_content_width": 100})
+@click.option("-f", "device", required=True, metavar="FILE|-", help="Archive file, device, or - for stdout.")
+@click.option("-b", "blocking", type=click.IntRange(1, fmt.MAX_BLOCKING_FACTOR),
+              default=fmt.DEFAULT_BLOCKING_FACTOR, show_default=True,
+              help="Blocking factor: writes are 512 x N bytes.")
+@click.option("-d", "since", metavar="YYYYMMDD[:HHMMSS]", help="Incremental: only what changed since.")
+@click.option("-e", "encoding", default="UTF-8", show_default=True,
+              help="Folder-name encoding on the command line (UTF-8 or IMAP_MODIFIED-UTF-7).")
+@click.option("-u", "names_file", metavar="FILE", help="Read logical names from FILE, one a line.")
+@click.option("-m", "link_min", type=click.IntRange(1), default=2, show_default=True,
+              metavar="LINKCOUNT", help="Only files with at least this many links join the single-copy table.")
+@click.option("-i", "full_copies", is_flag=True, help="Full copies: no hard-link members.")
+@click.option("-v", "verbose", is_flag=True, help="Name each folder on stderr.")
+@click.option("-g", "debug", is_flag=True, help="Debug log to <logdir>/imsbackup.log.")
+@click.option("-x", "ignore_exclusions", is_flag=True, help="Ignore local.store.backup.exclude.")
+@click.option("-l", "autoload", is_flag=True, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (stderr when -f -).")
+@config_dir_option
+@click.argument("names", nargs=-1)
+def command(device: str, blocking: int, since: str | None, encoding: str, names_file: str | None,
+            link_min: int, full_copies: bool, verbose: bool, debug: bool, ignore_exclusions: bool,
+            autoload: bool, as_json: bool, config_dir: str | None, names: tuple[str, ...]) -> None:
+    encoding = validate_encoding(encoding)
+    all_names = list(names) + (read_names_file(names_file) if names_file else [])
+    if not all_names:
+        raise UsageError("no logical name given (use / for the whole store)")
+    since_epoch = parse_since(since) if since else None
+    config = Config.load(config_dir_path(config_dir))
+    if debug:
+        log_path = setup_debug_log(config.logdir(), PROG)
+        if verbose:
+            click.echo(f"{PROG}: debug log in {log_path}", err=True)
+    try:
+        store = MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")
+    except LayoutError as exc:
+        raise ConfigError(f"{config.msg.path}: store.maildir.layout: {exc}") from None
+    scope = resolve(all_names, config, store, encoding)
+    for message in scope.warnings:
+        warn(PROG, message)
+    options = BackupOptions(names=tuple(all_names), since=since_epoch, since_text=since,
+                            link_min=link_min, full_copies=full_copies,
+                            ignore_exclusions=ignore_exclusions, blocking_factor=blocking)
+
+    output = open_output(device)
+    sink = RecordSink(output.fd, blocking, device if device != "-" else "stdout")
+    writer = ArchiveWriter(sink)
+    progress = _progress_printer(verbose, stderr_is_terminal())
+    try:
+        report = run_backup(config, store, scope, writer, options, progress)
+    except BaseException:
+        if output.temp_path:
+            click.echo(f"{PROG}: the incomplete archive is left in {output.temp_path}", err=True)
+        output.close()
+        raise
+    output.commit()
+    if progress is not None and stderr_is_terminal():
+        click.echo("", err=True)
+    for message in report.warnings[len(scope.warnings):]:
+        warn(PROG, message)
+    for item in report.skipped:
+        warn(PROG, f"skipped {item}")
+    code = most_serious(ExitCode.SKIPPED if report.skipped else ExitCode.OK)
+    if verbose:
+        click.echo(f"{PROG}: {report.messages} messages, {report.links} links,"
+                   f" {report.bytes} bytes, {report.vanished} vanished,"
+                   f" {len(report.skipped)} skipped, {report.folders} folders"
+                   f" in {report.seconds:.1f} s", err=True)
+    if as_json:
+        emit_json(summary(report, code), to_stderr=output.is_stdout)
+    raise CommandResult(code)
+
+
+def _progress_printer(verbose: bool, on_terminal: bool):
+    if not verbose and not on_terminal:
+        return None
+    last = [0.0]
+
+    def show(report: BackupReport, logical: str) -> None:
+        if verbose:
+            click.echo(f"{PROG}: {logical}", err=True)
+        elif on_terminal:
+            now = time.monotonic()
+            if now - last[0] >= 0.25:
+                last[0] = now
+                sys.stderr.write(f"\r{report.folders} folders, {report.messages} messages,"
+                                 f" {report.bytes / 1048576:.1f} MiB   ")
+                sys.stderr.flush()
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Logical names -> the scope to work on (DESIGN §4).
+
+``/`` the store; ``/P`` a partition; ``/P/G`` a backup group on it; ``/P/G/U`` a user;
+``/P/G/U/F[/S...]`` a folder and its subfolders.  ``*`` as P means every partition.  A name
+without a leading ``/`` is a user ID, looked up on every partition.  Names are resolved in
+full before anything is written; the first that does not exist raises ``UnknownName``.
+
+Exclusions (``local.store.backup.exclude``) apply to folders reached through a wider name;
+a folder named in full is always taken.  ``ignore_exclusions`` (imsbackup ``-x``) turns the
+list off for a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ims.config import EVERYONE_GROUPS, UNGROUPED, Config
+from ims.errors import UnknownName, UsageError
+from ims.store import mutf7
+from ims.store.base import StoreReader
+
+INBOX = "INBOX"
+
+
+@dataclass
+class UserScope:
+    partition: str
+    user: str
+    group: str
+    folders: set[str] | None = None          # None: every folder of the user
+    named_folders: set[str] = field(default_factory=set)  # named in full: never excluded
+
+    def add_all(self) -> None:
+        self.folders = None
+
+    def add_folder(self, folder: str) -> None:
+        self.named_folders.add(folder)
+        if self.folders is not None:
+            self.folders.add(folder)
+
+
+@dataclass
+class Scope:
+    users: list[UserScope]
+    warnings: list[str]
+
+
+def normalize_folder(folder: str) -> str:
+    first, sep, rest = folder.partition("/")
+    if first.upper() == INBOX:
+        return INBOX + sep + rest
+    return folder
+
+
+def in_folder(folder: str, parent: str) -> bool:
+    """True when ``folder`` is ``parent`` or one of its subfolders."""
+    return folder == parent or folder.startswith(parent + "/")
+
+
+def is_excluded(folder: str, exclusions: list[str]) -> bool:
+    return any(in_folder(folder, excluded) for excluded in exclusions)
+
+
+def select_folders(user_scope: UserScope, all_folders: list[str], exclusions: list[str]
+                   ) -> tuple[list[str], list[str]]:
+    """(folders to take, folders left out by the exclusion list) for one user."""
+    chosen: list[str] = []
+    excluded: list[str] = []
+    for folder in all_folders:
+        if user_scope.folders is not None and not any(
+                in_folder(folder, wanted) for wanted in user_scope.folders):
+            continue
+        named = any(in_folder(folder, named) for named in user_scope.named_folders)
+        if not named and is_excluded(folder, exclusions):
+            excluded.append(folder)
+            continue
+        chosen.append(folder)
+    return chosen, excluded
+
+
+def resolve(names: list[str], config: Config, store: StoreReader,
+            folder_encoding: str = "UTF-8") -> Scope:
+    if not names:
+        raise UsageError("no logical name given (use / for the whole store)")
+    groups = config.groups
+    partitions = store.partitions()
+    by_key: dict[tuple[str, str], UserScope] = {}
+    user_cache: dict[str, list[str]] = {}
+
+    def users_of(partition: str) -> list[str]:
+        if partition not in user_cache:
+            user_cache[partition] = list(store.users(partition))
+        return user_cache[partition]
+
+    def take(partition: str, user: str) -> UserScope:
+        key = (partition, user)
+        if key not in by_key:
+            by_key[key] = UserScope(partition, user, groups.group_of(user), folders=set())
+        return by_key[key]
+
+    for name in names:
+        if not name.startswith("/"):
+            homes = [p for p in partitions if store.user_exists(p, name)]
+            if not homes:
+                raise UnknownName(f"{name}: no such user on any partition")
+            for partition in homes:
+                take(partition, name).add_all()
+            continue
+        parts = [p for p in name.split("/") if p]
+        if not parts:
+            for partition in partitions:
+                for user in users_of(partition):
+                    take(partition, user).add_all()
+            continue
+        if parts[0] == "*":
+            chosen_partitions = partitions
+        elif parts[0] in partitions:
+            chosen_partitions = [parts[0]]
+        else:
+            raise UnknownName(f"{name}: no such partition {parts[0]!r}"
+                              f" (configured: {', '.join(partitions) or 'none'})")
+        if len(parts) == 1:
+            for partition in chosen_partitions:
+                for user in users_of(partition):
+                    take(partition, user).add_all()
+            continue
+        group = parts[1]
+        if not groups.exists(group):
+            known = ", ".join([*EVERYONE_GROUPS, *groups.names()])
+            raise UnknownName(f"{name}: no such backup group {group!r} (known: {known})")
+        if len(parts) == 2:
+            for partition in chosen_partitions:
+                for user in users_of(partition):
+                    if groups.contains(group, user):
+                        take(partition, user).add_all()
+            continue
+        user = parts[2]
+        homes = [p for p in chosen_partitions if store.user_exists(p, user)]
+        if not homes:
+            where = "any partition" if parts[0] == "*" else f"partition {parts[0]!r}"
+            raise UnknownName(f"{name}: no such user {user!r} on {where}")
+        if not groups.contains(group, user):
+            raise UnknownName(f"{name}: user {user!r} is in backup group"
+                              f" {groups.group_of(user)!r}, not {group!r}")
+        if len(parts) == 3:
+            for partition in homes:
+                take(partition, user).add_all()
+            continue
+        folder_parts = parts[3:]
+        if folder_encoding.upper() in ("IMAP_MODIFIED-UTF-7", "IMAP-MODIFIED-UTF-7", "MUTF-7"):
+            try:
+                folder_parts = [mutf7.decode(p) for p in folder_parts]
+            except ValueError as exc:
+                raise UsageError(f"{name}: {exc}") from None
+        folder = normalize_folder("/".join(folder_parts))
+        for partition in homes:
+            existing = store.folders(partition, user)
+            if not any(in_folder(f, folder) for f in existing):
+                raise UnknownName(f"{name}: user {user!r} has no folder {folder!r}")
+            take(partition, user).add_folder(folder)
+
+    warnings: list[str] = []
+    ordered = sorted(by_key.values(), key=lambda s: (s.partition, s.user))
+    if groups.groups:
+        loose = [s.user for s in ordered if s.group == UNGROUPED]
+        if loose:
+            warnings.append(f"{len(loose)} user(s) match no backup group and are kept in group"
+                            f" '{UNGROUPED}': {', '.join(loose[:20])}"
+                            + (" ..." if len(loose) > 20 else ""))
+        overlap = [(s.user, groups.overlapping(s.user)) for s in ordered]
+        overlap = [(u, g) for u, g in overlap if len(g) > 1]
+        if overlap:
+            sample = "; ".join(f"{u} in {', '.join(g)}" for u, g in overlap[:5])
+            warnings.append(f"{len(overlap)} user(s) match several backup groups (the first"
+                            f" in file order wins): {sample}")
+    seen_users: dict[str, str] = {}
+    for s in ordered:
+        if s.user in seen_users:
+            warnings.append(f"user {s.user!r} exists on partitions {seen_users[s.user]!r}"
+                            f" and {s.partition!r}: both are taken")
+        seen_users[s.user] = s.partition
+    return Scope(ordered, warnings)
+
+
+def validate_encoding(encoding: str) -> str:
+    upper = encoding.upper()
+    if upper in ("UTF-8", "UTF8"):
+        return "UTF-8"
+    if upper in ("IMAP_MODIFIED-UTF-7", "IMAP-MODIFIED-UTF-7", "MUTF-7"):
+        return "IMAP_MODIFIED-UTF-7"
+    raise UsageError(f"-e {encoding}: unknown encoding (UTF-8 or IMAP_MODIFIED-UTF-7)")

@@ -1,0 +1,365 @@
+"""Dovecot Maildir++ driver (read side).
+
+Layout: each partition directory holds users' Maildirs under ``store.maildir.layout``
+(``%u/Maildir`` by default, ``%d/%n/Maildir`` for hosted domains, where the user ID is
+``local@domain``).  In a Maildir the root is INBOX and ``.A.B`` is the folder ``A/B``, with
+names in IMAP modified UTF-7.  Each folder has ``cur/ new/ tmp/``, ``dovecot-uidlist``,
+``dovecot-keywords`` and Dovecot's index files.
+
+Reading a folder: ``cur/`` and ``new/`` are listed first, then the uidlist is read, so a
+message delivered in between is listed without a UID rather than missed.  A message renamed
+(flag change, new/ -> cur/) after the listing is found again by its base name; one that is
+gone is reported as vanished (None), never as an error.
+
+Next UID: the largest of the uidlist header's N, its last UID + 1 and ``next_uid`` in the
+header of ``dovecot.index`` (DESIGN §5).  Keywords are the letters a-z of the file name,
+mapped through the folder's ``dovecot-keywords``; Dovecot keeps any keyword past the 26th
+only in its index, which this driver does not read (documented in the guide).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from ims.store import mutf7, uidlist
+from ims.store.base import FolderState, MessageEntry, UserInfo
+
+INBOX = "INBOX"
+_SYSTEM_FLAGS = frozenset("DFPRST")
+
+
+class LayoutError(ValueError):
+    pass
+
+
+class Layout:
+    """A ``store.maildir.layout`` pattern such as ``%u/Maildir`` or ``%d/%n/Maildir``."""
+
+    def __init__(self, pattern: str) -> None:
+        parts = [p for p in pattern.strip("/").split("/") if p]
+        if not parts:
+            raise LayoutError(f"empty maildir layout {pattern!r}")
+        variables = [p for p in parts if "%" in p]
+        for part in variables:
+            if part not in ("%u", "%n", "%d"):
+                raise LayoutError(f"layout component {part!r} not supported"
+                                  " (a component is %u, %n, %d or a plain name)")
+        names = set(variables)
+        if names not in ({"%u"}, {"%n"}, {"%n", "%d"}) or len(variables) != len(names):
+            raise LayoutError(f"layout {pattern!r} must use %u, or %n, or %d and %n once each")
+        self.pattern = pattern
+        self.parts = parts
+        self.hosted = "%d" in names
+
+    def path_of(self, partition_dir: Path, user: str) -> Path:
+        local, _, domain = user.partition("@")
+        if self.hosted and not domain:
+            raise LayoutError(f"user {user!r} needs a domain (local@domain) in layout {self.pattern}")
+        if not self.hosted and "%n" in self.parts and domain:
+            raise LayoutError(f"layout {self.pattern} has no %d for user {user!r}")
+        values = {"%u": user, "%n": local, "%d": domain}
+        return partition_dir.joinpath(*(values.get(p, p) for p in self.parts))
+
+    def users(self, partition_dir: Path) -> Iterator[str]:
+        """Every user ID whose Maildir root exists under the partition, sorted."""
+        found: list[str] = []
+
+        def walk(directory: Path, index: int, values: dict[str, str]) -> None:
+            if index == len(self.parts):
+                if directory.is_dir():
+                    if "%u" in values:
+                        found.append(values["%u"])
+                    elif self.hosted:
+                        found.append(f"{values['%n']}@{values['%d']}")
+                    else:
+                        found.append(values["%n"])
+                return
+            part = self.parts[index]
+            if "%" not in part:
+                walk(directory / part, index + 1, values)
+                return
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                walk(directory / entry.name, index + 1, {**values, part: entry.name})
+
+        walk(partition_dir, 0, {})
+        return iter(sorted(found))
+
+
+def folder_to_dirname(folder: str) -> str:
+    """``A/B`` -> ``.A.B`` (mUTF-7 encoded); INBOX -> ``""`` (the Maildir root)."""
+    if folder == INBOX:
+        return ""
+    return "." + ".".join(mutf7.encode(level) for level in folder.split("/"))
+
+
+def dirname_to_folder(dirname: str) -> str:
+    """``.A.B`` -> ``A/B``.  Raises ValueError for names that are not valid mUTF-7."""
+    return "/".join(mutf7.decode(level) for level in dirname[1:].split("."))
+
+
+def parse_keywords_file(data: str) -> list[str]:
+    """``dovecot-keywords``: ``<n> <name>`` lines; index n is the letter chr(97+n)."""
+    slots: dict[int, str] = {}
+    for line in data.splitlines():
+        number, _, name = line.partition(" ")
+        if number.isdigit() and name and int(number) < 26:
+            slots[int(number)] = name
+    if not slots:
+        return []
+    return [slots.get(i, "") for i in range(max(slots) + 1)]
+
+
+def parse_subscriptions(data: str) -> list[str]:
+    """Dovecot's ``subscriptions`` file (``V\\t2`` header, TAB-separated levels) or the old
+    one-name-a-line form; names returned decoded with ``/`` as separator."""
+    lines = data.split("\n")
+    if lines and lines[0].startswith("V\t"):
+        lines = lines[1:]
+    result: list[str] = []
+    for line in lines:
+        if not line:
+            continue
+        levels = line.split("\t") if "\t" in line else line.split("/")
+        try:
+            result.append("/".join(mutf7.decode(level) for level in levels))
+        except ValueError:
+            result.append("/".join(levels))
+    return result
+
+
+class MaildirFolderReader:
+    """An open folder: its state as listed, and access to its message files."""
+
+    def __init__(self, folder_dir: Path, name: str) -> None:
+        self.path = folder_dir
+        self.folder_fd = os.open(folder_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self.sub_fds: dict[str, int] = {}
+        self._relisted: dict[str, str] | None = None
+        try:
+            for sub in ("new", "cur"):
+                try:
+                    self.sub_fds[sub] = os.open(sub, os.O_RDONLY | os.O_DIRECTORY,
+                                                dir_fd=self.folder_fd)
+                except FileNotFoundError:
+                    pass
+            self.state = self._read_state(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _list(self) -> dict[str, list[str]]:
+        # new/ before cur/: a message moved new/ -> cur/ meanwhile is then seen at least once.
+        return {sub: os.listdir(self.sub_fds[sub]) for sub in ("new", "cur") if sub in self.sub_fds}
+
+    def _read_state(self, name: str) -> FolderState:
+        listing = self._list()
+        notes: list[str] = []
+        try:
+            uids = uidlist.read(self.folder_fd)
+        except uidlist.UidlistError as exc:
+            notes.append(f"{self.path}/dovecot-uidlist: {exc}; messages kept without UIDs")
+            uids = None
+        try:
+            keywords = parse_keywords_file(
+                self._read_small("dovecot-keywords").decode("utf-8", "replace"))
+        except FileNotFoundError:
+            keywords = []
+        index_next = uidlist.index_next_uid(self.folder_fd)
+        next_uid = 1
+        uid_map: dict[str, int] = {}
+        if uids is not None:
+            next_uid = uids.effective_next_uid
+            uid_map = uids.uids
+            if uids.bad_lines:
+                notes.append(f"{self.path}/dovecot-uidlist: {uids.bad_lines} unreadable lines")
+        if index_next is not None and index_next > next_uid:
+            next_uid = index_next
+
+        flag_cache: dict[str, tuple[str, tuple[str, ...]]] = {}
+        messages: list[MessageEntry] = []
+        seen: set[str] = set()
+
+        def add(sub: str, names: list[str]) -> None:
+            is_new = sub == "new"
+            for filename in names:
+                if filename.startswith("."):
+                    continue
+                base, _, info = filename.partition(":")
+                if base in seen:
+                    continue
+                seen.add(base)
+                parsed = flag_cache.get(info)
+                if parsed is None:
+                    parsed = flag_cache[info] = _parse_info(info, keywords)
+                messages.append(MessageEntry(base, uid_map.get(base), parsed[0], parsed[1],
+                                             info, f"{sub}/{filename}", is_new))
+
+        for sub in ("new", "cur"):
+            add(sub, listing.get(sub, []))
+        if not seen.issuperset(uid_map):
+            # readdir() may miss a file renamed while the directory is read (a flag change):
+            # a UID the uidlist knows but the listing lacks is looked for once more.
+            # Lines of expunged messages stay in the uidlist, so most misses are harmless.
+            for sub, names in self._list().items():
+                add(sub, names)
+        messages.sort(key=_uid_order)
+        return FolderState(
+            name=name,
+            uidvalidity=uids.uidvalidity if uids else None,
+            next_uid=next_uid,
+            guid=uids.guid if uids else None,
+            keywords=keywords,
+            messages=messages,
+            notes=notes,
+        )
+
+    def _read_small(self, filename: str) -> bytes:
+        fd = os.open(filename, os.O_RDONLY, dir_fd=self.folder_fd)
+        try:
+            return os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+
+    def changed_since(self, since: float) -> bool:
+        for fd in self.sub_fds.values():
+            if os.fstat(fd).st_ctime >= since:
+                return True
+        return False
+
+    def open_message(self, entry: MessageEntry) -> tuple[int, os.stat_result] | None:
+        location = entry.location
+        for _attempt in range(3):
+            sub, _, filename = location.partition("/")
+            try:
+                fd = os.open(filename, os.O_RDONLY, dir_fd=self.sub_fds[sub])
+            except FileNotFoundError:
+                moved = self._find_again(entry.key, location)
+                if moved is None:
+                    return None
+                location = moved
+                continue
+            try:
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if location != entry.location:
+                entry.location = location
+                entry.is_new = sub == "new"
+                entry.info = filename.partition(":")[2]
+            return fd, st
+        return None
+
+    def _find_again(self, key: str, missed: str) -> str | None:
+        """The message's current place after a rename, relisting the folder if needed."""
+        if self._relisted is None or self._relisted.get(key) == missed:
+            self._relisted = {}
+            for sub, names in self._list().items():
+                for filename in names:
+                    self._relisted[filename.partition(":")[0]] = f"{sub}/{filename}"
+        found = self._relisted.get(key)
+        return None if found == missed else found
+
+    def close(self) -> None:
+        for fd in self.sub_fds.values():
+            os.close(fd)
+        self.sub_fds = {}
+        if self.folder_fd >= 0:
+            os.close(self.folder_fd)
+            self.folder_fd = -1
+
+
+def _uid_order(entry: MessageEntry) -> tuple[int, str]:
+    # Messages with UIDs in UID order, then those still waiting for one.
+    return (entry.uid if entry.uid is not None else 1 << 62, entry.key)
+
+
+def _parse_info(info: str, keywords: list[str]) -> tuple[str, tuple[str, ...]]:
+    if not info.startswith("2,"):
+        return "", ()
+    flags: list[str] = []
+    names: list[str] = []
+    for letter in info[2:]:
+        if letter in _SYSTEM_FLAGS:
+            flags.append(letter)
+        elif "a" <= letter <= "z":
+            index = ord(letter) - 97
+            if index < len(keywords) and keywords[index]:
+                names.append(keywords[index])
+    return "".join(sorted(flags)), tuple(names)
+
+
+class MaildirStore:
+    """Read access to a Dovecot Maildir++ store laid out over named partitions."""
+
+    def __init__(self, partitions: dict[str, Path], layout: str) -> None:
+        self.partition_dirs = partitions
+        self.layout = Layout(layout)
+
+    def partitions(self) -> list[str]:
+        return sorted(self.partition_dirs)
+
+    def users(self, partition: str) -> Iterator[str]:
+        return self.layout.users(self.partition_dirs[partition])
+
+    def maildir(self, partition: str, user: str) -> Path:
+        return self.layout.path_of(self.partition_dirs[partition], user)
+
+    def user_exists(self, partition: str, user: str) -> bool:
+        try:
+            return self.maildir(partition, user).is_dir()
+        except LayoutError:
+            return False
+
+    def user_info(self, partition: str, user: str) -> UserInfo:
+        root = self.maildir(partition, user)
+        st = os.stat(root)
+        try:
+            subscriptions = parse_subscriptions(
+                (root / "subscriptions").read_text(encoding="utf-8", errors="replace"))
+        except FileNotFoundError:
+            subscriptions = []
+        return UserInfo(partition, user, st.st_uid, st.st_gid, tuple(subscriptions))
+
+    def folders(self, partition: str, user: str) -> list[str]:
+        """INBOX first, then every folder directory that holds a ``cur/``, sorted by name."""
+        root = self.maildir(partition, user)
+        found: list[str] = [INBOX] if (root / "cur").is_dir() else []
+        names: list[str] = []
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if (not entry.name.startswith(".") or entry.name in (".", "..")
+                        or len(entry.name) < 2 or not entry.is_dir(follow_symlinks=False)):
+                    continue
+                try:
+                    if not stat.S_ISDIR(os.stat(os.path.join(entry.path, "cur")).st_mode):
+                        continue
+                except FileNotFoundError:
+                    continue
+                try:
+                    names.append(dirname_to_folder(entry.name))
+                except ValueError:
+                    # Not valid mUTF-7 (for example a store kept with :UTF-8): keep it as is.
+                    names.append(entry.name[1:].replace(".", "/"))
+        return found + sorted(names)
+
+    def folder_dir(self, partition: str, user: str, folder: str) -> Path:
+        root = self.maildir(partition, user)
+        if folder == INBOX:
+            return root
+        encoded = root / folder_to_dirname(folder)
+        if encoded.is_dir():
+            return encoded
+        return root / ("." + folder.replace("/", "."))  # a :UTF-8 store keeps names raw
+
+    def open_folder(self, partition: str, user: str, folder: str) -> MaildirFolderReader:
+        return MaildirFolderReader(self.folder_dir(partition, user, folder), folder)
