@@ -132,10 +132,10 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
                                links, link_min, report, now)
             finally:
                 reader.close()
+            writer.end_folder()
             report.folders += 1
             if progress:
                 progress(report, logical)
-    writer.end_folder()
     report.seconds = time.monotonic() - started
     writer.finish({
         "format": fmt.FORMAT_NAME,
