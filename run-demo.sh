@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up, generate the bundled sample store (deterministic, seed 1) under ./sample, and run
+# the main job on it: a full backup of the whole store, then an incremental one.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash ./scripts/venv.sh
+bin=.venv/bin
+if [ ! -d sample/partitions ]; then
+    rm -rf sample
+    $bin/python -m ims.samplestore sample --users 40 --messages 25 --partitions 2 --seed 1
+fi
+export IMS_CONFIG_DIR=$PWD/sample/config
+echo "== imsbackup -f sample/full.ims /"
+$bin/imsbackup -v -f sample/full.ims --json / 2>sample/backup.log >sample/full.json
+tail -n 1 sample/backup.log
+echo "== tar -tvf sample/full.ims (first members)"
+tar -tvf sample/full.ims --warning=no-unknown-keyword | head -n 8
+echo "== imsbackup -d $(date +%Y%m%d) -f sample/incr.ims /primary/groupA  (incremental, today)"
+$bin/imsbackup -d "$(date +%Y%m%d)" -f sample/incr.ims --json /primary/groupA 2>/dev/null
+echo "summary of the full backup: $(cat sample/full.json)"
