@@ -20,26 +20,23 @@ while being read is reported as skipped, never aborts the run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import ims
 from ims.archive import format as fmt
 from ims.archive.writer import ArchiveWriter
 from ims.config import Config
-from ims.names import Scope, select_folders
-from ims.store.base import FolderReader, StoreReader
+from ims.names import Scope
+from ims.readahead import Batch, FolderDone, FolderItem, StoreReadAhead, UserItem
+from ims.store.base import StoreReader
 
 log = logging.getLogger("ims.backup")
-
-_IN_MEMORY_LIMIT = 16 << 20
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -94,48 +91,13 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
         "store": "dovecot-maildir",
     }, now)
 
-    links: dict[tuple[int, int], str] = {}
-    link_min = max(options.link_min, 1)
-    for user_scope in scope.users:
-        partition, user = user_scope.partition, user_scope.user
-        try:
-            info = store.user_info(partition, user)
-            all_folders = store.folders(partition, user)
-        except FileNotFoundError:
-            report.skipped.append(f"/{partition}/{user_scope.group}/{user}: user vanished"
-                                  " during the backup")
-            continue
-        except OSError as exc:
-            report.skipped.append(f"/{partition}/{user_scope.group}/{user}: {exc.strerror}")
-            continue
-        folders, excluded = select_folders(user_scope, all_folders, exclusions)
-        report.excluded_folders.extend(f"/{partition}/{user_scope.group}/{user}/{f}"
-                                       for f in excluded)
-        writer.add_json(f"{partition}/{user}/{fmt.USER_MEMBER}", fmt.USER, {
-            "partition": partition, "user": user, "group": user_scope.group,
-            "uid": info.uid, "gid": info.gid, "subscriptions": list(info.subscriptions),
-            "folders": folders, "excluded_folders": excluded,
-        }, now)
-        report.users += 1
-        for folder in folders:
-            logical = f"/{partition}/{user_scope.group}/{user}/{folder}"
-            try:
-                reader = store.open_folder(partition, user, folder)
-            except FileNotFoundError:
-                report.skipped.append(f"{logical}: folder vanished during the backup")
-                continue
-            except OSError as exc:
-                report.skipped.append(f"{logical}: {exc.strerror or exc}")
-                continue
-            try:
-                _backup_folder(reader, partition, user, folder, logical, writer, options,
-                               links, link_min, report, now)
-            finally:
-                reader.close()
-            writer.end_folder()
-            report.folders += 1
-            if progress:
-                progress(report, logical)
+    readahead = StoreReadAhead(store, scope, exclusions, options.since, options.link_min,
+                               options.full_copies)
+    readahead.start()
+    try:
+        _write_items(readahead, writer, report, now, progress)
+    finally:
+        readahead.stop()
     report.seconds = time.monotonic() - started
     writer.finish({
         "format": fmt.FORMAT_NAME,
@@ -150,115 +112,113 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
     return report
 
 
-def _backup_folder(reader: FolderReader, partition: str, user: str, folder: str, logical: str,
-                   writer: ArchiveWriter, options: BackupOptions,
-                   links: dict[tuple[int, int], str], link_min: int, report: BackupReport,
-                   now: int) -> None:
-    state = reader.state
-    for note in state.notes:
-        report.warnings.append(note)
-    prefix = f"{partition}/{user}/{folder}/"
-    writer.begin_folder(prefix + fmt.FOLDER_MEMBER, {
-        "partition": partition, "user": user, "folder": folder,
-        "uidvalidity": state.uidvalidity, "next_uid": state.next_uid, "guid": state.guid,
-        "keywords": state.keywords,
-        "messages": [[m.key, m.uid, m.flags, list(m.keywords)] for m in state.messages],
-    }, now)
-    since = options.since
-    if since is not None and not reader.changed_since(since):
-        report.unchanged_folders += 1
-        log.debug("%s: unchanged since %s", logical, options.since_text)
-        return
-    track_links = not options.full_copies
-    written = 0
-    for entry in state.messages:
-        try:
-            opened = reader.open_message(entry)
-        except OSError as exc:
-            report.skipped.append(f"{logical}/{entry.key}: {exc.strerror or exc}")
-            log.warning("skipped %s/%s: %s", logical, entry.key, exc)
+def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: BackupReport,
+                 now: int, progress: ProgressFn | None) -> None:
+    folder: FolderItem | None = None
+    prefix = b""
+    flag_parts: dict[str, bytes] = {}
+    for item in readahead:
+        if isinstance(item, Batch):
+            assert folder is not None
+            view = readahead.view(item.slot) if item.slot is not None else None
+            try:
+                _write_batch(item, view, folder, prefix, flag_parts, writer, report)
+            finally:
+                if view is not None:
+                    view = None
+                readahead.release(item.slot)
+        elif isinstance(item, FolderItem):
+            if item.state is None:
+                report.skipped.append(f"{item.logical}: {item.error}")
+                continue
+            folder = item
+            prefix = f"{item.partition}/{item.user}/{item.folder}/".encode("utf-8", "surrogateescape")
+            flag_parts = {}
+            state = item.state
+            report.warnings.extend(state.notes)
+            writer.begin_folder(prefix.decode("utf-8", "surrogateescape") + fmt.FOLDER_MEMBER, {
+                "partition": item.partition, "user": item.user, "folder": item.folder,
+                "uidvalidity": state.uidvalidity, "next_uid": state.next_uid, "guid": state.guid,
+                "keywords": state.keywords,
+                "messages": [[m.key, m.uid, m.flags, list(m.keywords)] for m in state.messages],
+            }, now)
+            if item.unchanged:
+                report.unchanged_folders += 1
+                log.debug("%s: unchanged since the date", item.logical)
+        elif isinstance(item, FolderDone):
+            assert folder is not None
+            writer.end_folder()
+            report.folders += 1
+            log.debug("%s: folder written", folder.logical)
+            if progress:
+                progress(report, folder.logical)
+            folder = None
+        elif isinstance(item, UserItem):
+            logical = f"/{item.partition}/{item.group}/{item.user}"
+            if item.info is None:
+                report.skipped.append(f"{logical}: {item.error}")
+                continue
+            report.excluded_folders.extend(f"{logical}/{f}" for f in item.excluded)
+            writer.add_json(f"{item.partition}/{item.user}/{fmt.USER_MEMBER}", fmt.USER, {
+                "partition": item.partition, "user": item.user, "group": item.group,
+                "uid": item.info.uid, "gid": item.info.gid,
+                "subscriptions": list(item.info.subscriptions),
+                "folders": item.folders, "excluded_folders": item.excluded,
+            }, now)
+            report.users += 1
+
+
+def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, prefix: bytes,
+                 flag_parts: dict[str, bytes], writer: ArchiveWriter, report: BackupReport) -> None:
+    assert folder.state is not None
+    listed = folder.state.messages
+    for outcome in batch.outcomes:
+        kind = outcome.kind
+        if kind == "chunk":
+            assert view is not None
+            writer.add_large_chunk(view[outcome.start:outcome.start + outcome.length])
             continue
-        if opened is None:
+        entry = outcome.entry or listed[outcome.index]
+        if kind == "vanished":
             report.vanished += 1
-            log.debug("vanished %s/%s", logical, entry.key)
+            log.debug("vanished %s/%s", folder.logical, entry.key)
             continue
-        fd, st = opened
-        try:
-            if since is not None and st.st_ctime < since:
-                continue
-            name = prefix + entry.key
-            mtime = int(st.st_mtime)
-            records = [("IMS.type", fmt.MESSAGE)]
-            if entry.uid is not None:
-                records.append(("IMS.uid", str(entry.uid)))
-            records += [
-                ("IMS.flags", entry.flags),
-                ("IMS.keywords", " ".join(entry.keywords)),
-                ("IMS.info", entry.info),
-                ("IMS.state", "new" if entry.is_new else "cur"),
-                ("IMS.internaldate", str(mtime)),
-                ("IMS.basename", entry.key),
-            ]
-            inode = (st.st_dev, st.st_ino)
-            first = links.get(inode) if track_links and st.st_nlink >= link_min else None
-            if first is not None:
-                records.append(("IMS.size", str(st.st_size)))
-                writer.add_link(name, first, mtime, records, st.st_uid, st.st_gid)
-                report.links += 1
-                written += 1
-                continue
-            size = st.st_size
-            if size <= _IN_MEMORY_LIMIT:
-                data = _read_all(fd, size)
-                records.append(("IMS.size", str(len(data))))
-                records.append(("IMS.sha256", hashlib.sha256(data).hexdigest()))
-                writer.add_message(name, data, mtime, records, st.st_uid, st.st_gid)
-                size = len(data)
-            else:
-                digest = hashlib.sha256()
-                for chunk in _chunks(fd, 0, size):
-                    digest.update(chunk)
-                records.append(("IMS.size", str(size)))
-                records.append(("IMS.sha256", digest.hexdigest()))
-                copied = writer.add_large_message(name, size, _chunks(fd, 0, size), mtime,
-                                                  records, st.st_uid, st.st_gid)
-                if copied != size:
-                    report.skipped.append(f"{logical}/{entry.key}: file changed while it"
-                                          " was read; the archived copy is damaged")
+        if kind == "skipped":
+            report.skipped.append(f"{folder.logical}/{entry.key}: {outcome.reason}")
+            log.warning("skipped %s/%s: %s", folder.logical, entry.key, outcome.reason)
+            continue
+        if kind == "large_end":
+            if not writer.end_large_message():
+                report.skipped.append(f"{folder.logical}/{entry.key}: file shrank while it was"
+                                      " read; the archived copy is damaged")
+            continue
+        key = entry.key.encode("utf-8", "surrogateescape")
+        flags_part = flag_parts.get(entry.info)
+        if flags_part is None:
+            flags_part = flag_parts[entry.info] = fmt.flag_records(entry.flags, entry.keywords,
+                                                                   entry.info)
+        mtime = outcome.mtime
+        if kind == "data":
+            assert view is not None
+            writer.add_message(prefix + key, view[outcome.start:outcome.start + outcome.length],
+                               mtime, fmt.message_records(entry.uid, flags_part, entry.is_new,
+                                                          mtime, key, outcome.length,
+                                                          outcome.sha256),
+                               outcome.uid, outcome.gid)
             report.messages += 1
-            report.bytes += size
-            written += 1
-            if track_links and st.st_nlink >= link_min:
-                links[inode] = name
-        except OSError as exc:
-            report.skipped.append(f"{logical}/{entry.key}: {exc.strerror or exc}")
-        finally:
-            os.close(fd)
-    log.debug("%s: %d of %d messages written", logical, written, len(state.messages))
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    data = os.read(fd, size + 1) if size else os.read(fd, 65536)
-    if len(data) > size or (data and len(data) < size):
-        # a short read or a file that grew: read to the end so the copy is whole
-        parts = [data]
-        while True:
-            chunk = os.read(fd, _CHUNK)
-            if not chunk:
-                break
-            parts.append(chunk)
-        data = b"".join(parts)
-    return data
-
-
-def _chunks(fd: int, offset: int, size: int) -> Iterator[bytes]:
-    position = offset
-    while position < size:
-        chunk = os.pread(fd, min(_CHUNK, size - position), position)
-        if not chunk:
-            return
-        yield chunk
-        position += len(chunk)
+            report.bytes += outcome.length
+        elif kind == "link":
+            assert outcome.link_target is not None
+            writer.add_link(prefix + key, outcome.link_target, mtime, fmt.message_records(
+                entry.uid, flags_part, entry.is_new, mtime, key, outcome.size, None),
+                outcome.uid, outcome.gid)
+            report.links += 1
+        elif kind == "large":
+            writer.begin_large_message(prefix + key, outcome.size, mtime, fmt.message_records(
+                entry.uid, flags_part, entry.is_new, mtime, key, outcome.size, outcome.sha256),
+                outcome.uid, outcome.gid)
+            report.messages += 1
+            report.bytes += outcome.size
 
 
 def summary(report: BackupReport, exit_code: int) -> dict[str, Any]:

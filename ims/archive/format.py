@@ -37,6 +37,7 @@ _UNAME = b"ims"
 _MAX_OCTAL_11 = 0o77777777777
 _MAX_OCTAL_7 = 0o7777777
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+ZEROS = b"\0" * BLOCK
 
 
 class FormatError(ValueError):
@@ -49,26 +50,85 @@ def padding(size: int) -> bytes:
 
 def pax_record(key: str, value: str) -> bytes:
     """One ``"<len> <key>=<value>\\n"`` record, where len counts the whole record."""
-    payload = f" {key}={value}\n".encode("utf-8", "surrogateescape")
-    length = len(payload) + 1
-    while len(str(length)) + len(payload) != length:
-        length = len(str(length)) + len(payload)
-    return str(length).encode("ascii") + payload
+    return pax_kv(f"{key}={value}".encode("utf-8", "surrogateescape"))
 
 
 def pax_records(items: list[tuple[str, str]]) -> bytes:
-    return b"".join(pax_record(k, v) for k, v in items)
+    return b"".join(pax_kv(f"{k}={v}".encode("utf-8", "surrogateescape")) for k, v in items)
+
+
+_MODE = b"%07o\0" % 0o600
+_CHECKSUM_BLANK = b"        "
+_MAGIC_TO_DEVMINOR = _USTAR.pack(b"", b"", b"", b"", b"", b"", b"", b"0", b"", b"ustar\0", b"00",
+                                 _UNAME, _UNAME, b"", b"", b"")[257:345]
+_TAIL = b"\0" * 12
+# Sum of the bytes that never change: mode, the blank checksum, magic .. devminor.
+_CONSTANT_SUM = sum(_MODE) + sum(_CHECKSUM_BLANK) + sum(_MAGIC_TO_DEVMINOR)
 
 
 def ustar_header(name: bytes, size: int, mtime: int, typeflag: bytes, linkname: bytes = b"",
                  mode: int = 0o600, uid: int = 0, gid: int = 0, prefix: bytes = b"") -> bytes:
-    """A 512-byte ustar header with its checksum; caller guarantees fields fit."""
-    header = _USTAR.pack(
-        name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
-        b"%011o\0" % mtime, b"        ", typeflag, linkname, b"ustar\0", b"00",
-        _UNAME, _UNAME, b"", b"", prefix)
-    checksum = sum(header)
-    return header[:148] + b"%06o\0 " % checksum + header[156:]
+    """A 512-byte ustar header with its checksum; caller guarantees fields fit.
+
+    Built by concatenation with the checksum summed over the variable fields only: this runs
+    once or twice per message, so it is on the hot path of every backup."""
+    numbers = b"%07o\0%07o\0%011o\0%011o\0" % (uid, gid, size, mtime)   # offsets 108..148
+    mode_field = _MODE if mode == 0o600 else b"%07o\0" % mode
+    checksum = (_CONSTANT_SUM - sum(_MODE) + sum(mode_field) + sum(name) + sum(numbers)
+                + typeflag[0] + sum(linkname) + sum(prefix))
+    return b"".join((
+        name.ljust(100, b"\0"), mode_field, numbers, b"%06o\0 " % checksum, typeflag,
+        linkname.ljust(100, b"\0"), _MAGIC_TO_DEVMINOR, prefix.ljust(155, b"\0"), _TAIL))
+
+
+_pax_header_cache: dict[int, bytes] = {}
+
+
+def pax_header_block(payload_length: int) -> bytes:
+    """The ustar header of a pax extended header; mtime 0, so it depends on the length only."""
+    header = _pax_header_cache.get(payload_length)
+    if header is None:
+        header = ustar_header(_PAX_HEADER_NAME, payload_length, 0, PAX)
+        if len(_pax_header_cache) < 4096:
+            _pax_header_cache[payload_length] = header
+    return header
+
+
+def pax_kv(key_value: bytes) -> bytes:
+    """``b"key=value"`` -> one pax record; the common short cases without a loop."""
+    n = len(key_value) + 2          # the space and the newline
+    if n <= 8:
+        return b"%d %b\n" % (n + 1, key_value)
+    if n <= 97:
+        return b"%d %b\n" % (n + 2, key_value)
+    length = n + len(str(n))
+    while len(str(length)) + n != length:
+        length = len(str(length)) + n
+    return b"%d %b\n" % (length, key_value)
+
+
+def flag_records(flags: str, keywords: tuple[str, ...], info: str) -> bytes:
+    """The IMS.flags, IMS.keywords and IMS.info records (callers cache them per info)."""
+    return (pax_kv(b"IMS.flags=" + flags.encode())
+            + pax_kv(b"IMS.keywords=" + " ".join(keywords).encode("utf-8", "surrogateescape"))
+            + pax_kv(b"IMS.info=" + info.encode("utf-8", "surrogateescape")))
+
+
+_MESSAGE_TYPE = pax_kv(b"IMS.type=message")
+_STATE = {True: pax_kv(b"IMS.state=new"), False: pax_kv(b"IMS.state=cur")}
+
+
+def message_records(uid: int | None, flags_part: bytes, is_new: bool, internaldate: int,
+                    basename: bytes, size: int, sha256_hex: str | None) -> bytes:
+    """The pax payload of a message member (docs/archive-format.md §4)."""
+    parts = [_MESSAGE_TYPE]
+    if uid is not None:
+        parts.append(pax_kv(b"IMS.uid=%d" % uid))
+    parts += (flags_part, _STATE[is_new], pax_kv(b"IMS.internaldate=%d" % internaldate),
+              pax_kv(b"IMS.basename=" + basename), pax_kv(b"IMS.size=%d" % size))
+    if sha256_hex is not None:
+        parts.append(b"79 IMS.sha256=%s\n" % sha256_hex.encode())
+    return b"".join(parts)
 
 
 def split_name(name: bytes) -> tuple[bytes, bytes] | None:
@@ -85,42 +145,44 @@ def split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
-def member_headers(name: str, size: int, mtime: int, typeflag: bytes,
-                   records: list[tuple[str, str]], linkname: str = "",
-                   uid: int = 0, gid: int = 0) -> bytes:
+def member_headers(name: str | bytes, size: int, mtime: int, typeflag: bytes,
+                   records: list[tuple[str, str]] | None = None, linkname: str | bytes = b"",
+                   uid: int = 0, gid: int = 0, encoded: bytes = b"") -> bytes:
     """The pax extended header (when there are records) followed by the ustar header.
 
-    Names that are not ASCII or do not fit ustar go into the pax ``path``/``linkpath`` keys,
-    with a shortened ASCII name in the ustar header for readers that ignore pax.
+    ``records`` are (key, value) pairs; ``encoded`` is a payload already built with
+    ``pax_kv`` (the hot path of message members).  Names that are not ASCII or do not fit
+    ustar go into the pax ``path``/``linkpath`` keys, with a shortened ASCII name in the
+    ustar header for readers that ignore pax.
     """
-    raw_name = name.encode("utf-8", "surrogateescape")
-    extra: list[tuple[str, str]] = []
-    split = split_name(raw_name) if raw_name.isascii() else None
-    if split is None:
-        extra.append(("path", name))
-        split = (b"", _ascii_fallback(raw_name))
-    raw_link = linkname.encode("utf-8", "surrogateescape")
+    raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+    extra = b""
+    if len(raw_name) <= 100 and raw_name.isascii():
+        split: tuple[bytes, bytes] | None = (b"", raw_name)
+    else:
+        split = split_name(raw_name) if raw_name.isascii() else None
+        if split is None:
+            extra += pax_kv(b"path=" + raw_name)
+            split = (b"", _ascii_fallback(raw_name))
+    raw_link = linkname if isinstance(linkname, bytes) else linkname.encode("utf-8", "surrogateescape")
     if len(raw_link) > 100 or not raw_link.isascii():
-        extra.append(("linkpath", linkname))
+        extra += pax_kv(b"linkpath=" + raw_link)
         raw_link = _ascii_fallback(raw_link)
     if size > _MAX_OCTAL_11:
-        extra.append(("size", str(size)))
+        extra += pax_kv(b"size=%d" % size)
         size = 0
     if uid > _MAX_OCTAL_7 or gid > _MAX_OCTAL_7:
-        extra.append(("uid", str(uid)))
-        extra.append(("gid", str(gid)))
+        extra += pax_kv(b"uid=%d" % uid) + pax_kv(b"gid=%d" % gid)
         uid = gid = 0
     if mtime < 0 or mtime > _MAX_OCTAL_11:
-        extra.append(("mtime", str(mtime)))
+        extra += pax_kv(b"mtime=%d" % mtime)
         mtime = 0
-    out = b""
-    all_records = extra + records
-    if all_records:
-        payload = pax_records(all_records)
-        out = (ustar_header(_PAX_HEADER_NAME, len(payload), mtime, PAX)
-               + payload + padding(len(payload)))
-    return out + ustar_header(split[1], size, mtime, typeflag, raw_link, uid=uid, gid=gid,
-                              prefix=split[0])
+    payload = extra + (pax_records(records) if records else b"") + encoded
+    main = ustar_header(split[1], size, mtime, typeflag, raw_link, uid=uid, gid=gid,
+                        prefix=split[0])
+    if not payload:
+        return main
+    return pax_header_block(len(payload)) + payload + padding(len(payload)) + main
 
 
 def _ascii_fallback(raw: bytes) -> bytes:

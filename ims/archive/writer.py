@@ -90,6 +90,8 @@ class ArchiveWriter:
         self.digest = hashlib.sha256()
         self.index: list[dict[str, Any]] = []
         self._folder: dict[str, Any] | None = None
+        self._large_left = 0
+        self._large_size = 0
 
     # Header blocks and non-message data feed the running digest; message data does not
     # (each message carries its own SHA-256 in its header, which the digest covers).
@@ -117,43 +119,53 @@ class ArchiveWriter:
             self.index.append(self._folder)
             self._folder = None
 
-    def add_message(self, name: str, data: bytes, mtime: int, records: list[tuple[str, str]],
+    def add_message(self, name: bytes, data: bytes | memoryview, mtime: int, encoded: bytes,
                     uid: int, gid: int) -> None:
-        headers = fmt.member_headers(name, len(data), mtime, fmt.REGULAR, records, uid=uid, gid=gid)
-        self._emit(headers, digest=True)
-        self.sink.write(data)
-        pad = fmt.padding(len(data))
-        self.sink.write(pad)
-        self.offset += len(data) + len(pad)
-        if self._folder is not None:
-            self._folder["messages"] += 1
-
-    def add_large_message(self, name: str, size: int, chunks: Any, mtime: int,
-                          records: list[tuple[str, str]], uid: int, gid: int) -> int:
-        """Stream a message too big to hold in memory; returns the bytes actually copied
-        (the data is padded with zeros to ``size`` if the file shrank meanwhile)."""
-        headers = fmt.member_headers(name, size, mtime, fmt.REGULAR, records, uid=uid, gid=gid)
-        self._emit(headers, digest=True)
-        copied = 0
-        for chunk in chunks:
-            chunk = chunk[:size - copied]
-            self.sink.write(chunk)
-            copied += len(chunk)
-            if copied >= size:
-                break
-        if copied < size:
-            self.sink.write(b"\0" * (size - copied))
-        pad = fmt.padding(size)
-        self.sink.write(pad)
-        self.offset += size + len(pad)
-        if self._folder is not None:
-            self._folder["messages"] += 1
-        return copied
-
-    def add_link(self, name: str, target: str, mtime: int, records: list[tuple[str, str]],
-                 uid: int, gid: int) -> None:
-        headers = fmt.member_headers(name, 0, mtime, fmt.HARDLINK, records, linkname=target,
+        """A message member with data; ``encoded`` is its pax payload (format.message_records)."""
+        headers = fmt.member_headers(name, len(data), mtime, fmt.REGULAR, encoded=encoded,
                                      uid=uid, gid=gid)
+        self.digest.update(headers)
+        sink = self.sink
+        sink.write(headers)
+        sink.write(data)
+        pad = -len(data) % fmt.BLOCK
+        if pad:
+            sink.write(fmt.ZEROS[:pad])
+        self.offset += len(headers) + len(data) + pad
+        if self._folder is not None:
+            self._folder["messages"] += 1
+
+    def begin_large_message(self, name: bytes, size: int, mtime: int, encoded: bytes,
+                            uid: int, gid: int) -> None:
+        """Start a message whose bytes arrive in pieces (``add_large_chunk``)."""
+        headers = fmt.member_headers(name, size, mtime, fmt.REGULAR, encoded=encoded,
+                                     uid=uid, gid=gid)
+        self._emit(headers, digest=True)
+        self._large_left = size
+        self._large_size = size
+
+    def add_large_chunk(self, data: bytes | memoryview) -> None:
+        data = data[:self._large_left]
+        self.sink.write(data)
+        self._large_left -= len(data)
+
+    def end_large_message(self) -> bool:
+        """Finish the member; False when fewer bytes came than announced (zeros fill in)."""
+        complete = self._large_left == 0
+        if self._large_left:
+            self.sink.write(b"\0" * self._large_left)
+        pad = fmt.padding(self._large_size)
+        self.sink.write(pad)
+        self.offset += self._large_size + len(pad)
+        self._large_left = self._large_size = 0
+        if self._folder is not None:
+            self._folder["messages"] += 1
+        return complete
+
+    def add_link(self, name: bytes, target: bytes, mtime: int, encoded: bytes,
+                 uid: int, gid: int) -> None:
+        headers = fmt.member_headers(name, 0, mtime, fmt.HARDLINK, linkname=target,
+                                     encoded=encoded, uid=uid, gid=gid)
         self._emit(headers, digest=True)
         if self._folder is not None:
             self._folder["messages"] += 1

@@ -253,9 +253,11 @@ class MaildirFolderReader:
                 os.close(fd)
                 raise
             if location != entry.location:
+                # renamed since the listing (a flag change, new/ -> cur/): fresher flags
                 entry.location = location
                 entry.is_new = sub == "new"
                 entry.info = filename.partition(":")[2]
+                entry.flags, entry.keywords = _parse_info(entry.info, self.state.keywords)
             return fd, st
         return None
 

@@ -92,6 +92,7 @@ def test_unreadable_message_is_skipped_and_listed(fresh_store, tmp_path):
     result = run_cmd("imsbackup", "-f", str(target), "--json", "/",
                      config_dir=fresh_store / "config", prefix=without_dac())
     assert result.returncode == 1, result.stderr
+    assert result.stdout, result.stderr
     base = victim.name.split(":")[0]
     summary = json.loads(result.stdout)
     assert summary["exit_code"] == 1
@@ -205,7 +206,7 @@ def test_debug_log_and_verbose(sample_store, tmp_path):
     result = run_cmd("imsbackup", "-g", "-v", "-f", str(tmp_path / "a.ims"), "/primary",
                      config_dir=config, check_rc=0)
     log = (tmp_path / "logs" / "imsbackup.log").read_text()
-    assert "messages written" in log
+    assert "folder written" in log
     assert "/primary/" in result.stderr.decode()
 
 

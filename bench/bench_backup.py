@@ -1,0 +1,115 @@
+"""imsbackup against GNU tar on the same generated store, in the same run.
+
+Usage (from the repository root, after scripts/venv.sh):
+
+    .venv/bin/python bench/bench_backup.py [--store DIR] [--users 1000] [--messages 100]
+                                           [--partitions 4] [--runs 5]
+
+The store (DESIGN §8 shape: log-normal sizes, median 4 KiB, sigma 1.7, capped at 2 MiB, a
+tenth of INBOX deliveries hard-linked to 2-5 users) is generated once into DIR and reused.
+Each command runs once to warm the cache, then --runs times, alternating with GNU tar;
+medians are printed with the ratio and the peak RSS of the imsbackup process.
+
+  full         imsbackup -f - / | cat > /dev/null      vs  tar -cf - -C STORE . | cat > /dev/null
+  incremental  imsbackup -d <now> -f - / | cat > /dev/null (unchanged store)
+               vs  cp level0.snar l1.snar && tar -g l1.snar -cf - -C STORE . | cat > /dev/null
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def pipeline(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``cmd | cat > /dev/null``; (wall seconds, peak RSS MiB of cmd's process)."""
+    start = time.monotonic()
+    producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+    consumer = subprocess.Popen(["cat"], stdin=producer.stdout, stdout=subprocess.DEVNULL)
+    assert producer.stdout is not None
+    producer.stdout.close()
+    _, status, usage = os.wait4(producer.pid, 0)
+    consumer.wait()
+    wall = time.monotonic() - start
+    producer.returncode = os.waitstatus_to_exitcode(status)
+    if producer.returncode != 0:
+        raise SystemExit(f"{cmd[0]} exited {producer.returncode}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def measure(label: str, ours: list[str], theirs: list[str], runs: int, env: dict[str, str],
+            before_theirs=None) -> dict[str, float]:
+    pipeline(ours, env)
+    if before_theirs:
+        before_theirs()
+    pipeline(theirs)
+    ours_walls, theirs_walls, peaks = [], [], []
+    for _ in range(runs):
+        wall, peak = pipeline(ours, env)
+        ours_walls.append(wall)
+        peaks.append(peak)
+        if before_theirs:
+            before_theirs()
+        theirs_walls.append(pipeline(theirs)[0])
+    ratios = [a / b for a, b in zip(ours_walls, theirs_walls)]
+    result = {"ims": statistics.median(ours_walls), "tar": statistics.median(theirs_walls),
+              "ratio": statistics.median(ratios), "peak": max(peaks)}
+    print(f"{label:12s} imsbackup {result['ims']:.2f} s   GNU tar {result['tar']:.2f} s   "
+          f"ratio {result['ratio']:.2f}x (median of pairs)   imsbackup peak RSS {result['peak']:.1f} MiB",
+          flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", type=Path, default=Path("/var/tmp/ims-bench-store"))
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    store = args.store
+    if not (store / "config" / "msg.conf").exists():
+        sys.path.insert(0, str(ROOT))
+        from ims.samplestore import SampleSpec, generate
+        shutil.rmtree(store, ignore_errors=True)
+        t0 = time.monotonic()
+        counts = generate(store, SampleSpec(users=args.users, messages_per_user=args.messages,
+                                            partitions=args.partitions, seed=2026))
+        print(f"generated {store}: {counts} in {time.monotonic() - t0:.0f} s", flush=True)
+    files = sum(1 for _ in (store / "partitions").rglob("*") if _.parent.name in ("cur", "new"))
+    size = subprocess.run(["du", "-sh", str(store / "partitions")], capture_output=True,
+                          text=True).stdout.split()[0]
+    print(f"store: {files} message files, {size}, {os.cpu_count()} CPUs, "
+          f"{subprocess.run(['tar', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+    env = dict(os.environ, IMS_CONFIG_DIR=str(store / "config"))
+    imsbackup = str(BIN / "imsbackup")
+    partitions = str(store / "partitions")
+
+    measure("full", [imsbackup, "-f", "-", "/"], ["tar", "-cf", "-", "-C", partitions, "."],
+            args.runs, env)
+
+    snar = store / "level0.snar"
+    level1 = store / "level1.snar"
+    subprocess.run(f"tar -g {snar} -cf - -C {partitions} . | cat > /dev/null", shell=True,
+                   check=True)
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    measure("incremental", [imsbackup, "-d", since, "-f", "-", "/"],
+            ["tar", "-g", str(level1), "-cf", "-", "-C", partitions, "."], args.runs, env,
+            before_theirs=lambda: shutil.copyfile(snar, level1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Reads the store ahead of the archive writer, in a child process.
+
+The backup's costs are the SHA-256 of every message, the file system calls and the Python
+work of building headers.  A thread does not help (measured: the reader's own Python work
+holds the GIL, and the run got slower), so a forked child lists folders, opens, reads and
+hashes messages on the second core while the parent builds headers and writes the one
+single-copy stream (DESIGN §8: more processes may feed one stream).
+
+The child walks the scope in stream order and sends items over a socketpair (length-prefixed
+pickles): ``UserItem``, ``FolderItem``, then ``Batch``es of that folder's messages, then
+``FolderDone``.  Message data goes through a few fixed shared-memory slots; the parent sends
+a slot's number back when it has copied the batch, so memory is bounded by
+``SLOTS x SLOT_SIZE`` whatever the store's size.  Single copy is decided in the child (it
+owns the table of inodes already read, in stream order), so a message whose data is already
+in the stream is not read again.  A message larger than a slot is hashed in a first pass,
+then sent in slot-sized chunks.
+
+Failure behaviour: per-message problems become outcomes (vanished, skipped); an unexpected
+exception in the child is sent as a ``Failure`` and raised in the parent as RuntimeError; a
+child that dies makes the parent raise.  ``stop()`` kills and reaps the child (its own pid
+only).  The child never touches the parent's stdout (the archive may go there) and leaves
+with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ims.names import Scope, select_folders
+from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
+
+SLOT_SIZE = 8 << 20        # also the largest message sent whole; larger ones go in chunks
+SLOTS = 4
+BATCH_BYTES = 2 << 20      # a batch is handed over when its data reaches this size
+BATCH_MESSAGES = 256
+_LENGTH = struct.Struct("!I")
+
+
+@dataclass
+class UserItem:
+    partition: str
+    user: str
+    group: str
+    info: UserInfo | None
+    folders: list[str]
+    excluded: list[str]
+    error: str | None = None
+
+
+@dataclass
+class FolderItem:
+    logical: str
+    partition: str
+    user: str
+    folder: str
+    state: FolderState | None
+    unchanged: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Outcome:
+    """One message as read.
+
+    ``kind``: ``data`` (bytes in the batch's slot at start/length), ``link`` (its inode is
+    already in the stream as ``link_target``), ``large`` (header facts of a message whose
+    bytes follow as ``chunk`` outcomes, ended by ``large_end``), ``vanished``, ``skipped``.
+    ``entry`` is the folder state's entry, sent again only when a rename changed it.
+    """
+
+    kind: str
+    index: int                     # position in the folder state's message list
+    entry: MessageEntry | None = None
+    mtime: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    start: int = 0
+    length: int = 0
+    sha256: str | None = None
+    link_target: bytes | None = None
+    reason: str = ""
+
+
+@dataclass
+class Batch:
+    slot: int | None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+@dataclass
+class FolderDone:
+    pass
+
+
+@dataclass
+class Failure:
+    message: str
+
+
+class StoreReadAhead:
+    def __init__(self, store: StoreReader, scope: Scope, exclusions: list[str],
+                 since: float | None, link_min: int, full_copies: bool) -> None:
+        self.store = store
+        self.scope = scope
+        self.exclusions = exclusions
+        self.since = since
+        self.link_min = max(link_min, 1)
+        self.track_links = not full_copies
+        self.slots = [mmap.mmap(-1, SLOT_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+                      for _ in range(SLOTS)]
+        self.views = [memoryview(m) for m in self.slots]
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.pid = 0
+        self.sock: socket.socket | None = None
+        self._buffer = bytearray()
+
+    # -- parent side -----------------------------------------------------------------
+
+    def start(self) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                parent_sock.close()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                self.sock = child_sock
+                self._child_main()
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        child_sock.close()
+        self.pid = pid
+        self.sock = parent_sock
+
+    def __iter__(self) -> Iterator[object]:
+        assert self.sock is not None
+        while True:
+            payload = self._recv_item()
+            if payload is None:
+                raise RuntimeError("the store reader process ended unexpectedly")
+            item = pickle.loads(payload)
+            if item is None:
+                return
+            if isinstance(item, Failure):
+                raise RuntimeError(f"store reader failed: {item.message}")
+            yield item
+
+    def view(self, slot: int) -> memoryview:
+        return self.views[slot]
+
+    def release(self, slot: int | None) -> None:
+        if slot is not None and self.sock is not None:
+            try:
+                self.sock.sendall(bytes((slot,)))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the reader has finished and needs no more slots
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
+
+    def _recv_item(self) -> bytes | None:
+        head = self._recv_exact(_LENGTH.size)
+        if head is None:
+            return None
+        return self._recv_exact(_LENGTH.unpack(head)[0])
+
+    def _recv_exact(self, count: int) -> bytes | None:
+        assert self.sock is not None
+        buffer = self._buffer
+        while len(buffer) < count:
+            chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
+            if not chunk:
+                return None
+            buffer += chunk
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
+    # -- child side ------------------------------------------------------------------
+
+    def _put(self, item: object) -> None:
+        assert self.sock is not None
+        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
+
+    def _take_slot(self) -> int:
+        assert self.sock is not None
+        data = self.sock.recv(1)
+        if not data:
+            raise EOFError("the archive writer went away")
+        return data[0]
+
+    def _child_main(self) -> None:
+        free = list(range(SLOTS))
+        self._free = free
+        try:
+            for user_scope in self.scope.users:
+                self._read_user(user_scope)
+            self._put(None)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            raise
+        except BaseException as exc:
+            self._put(Failure(f"{type(exc).__name__}: {exc}"))
+            raise
+
+    def _slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        return self._take_slot()
+
+    def _read_user(self, user_scope) -> None:
+        partition, user, group = user_scope.partition, user_scope.user, user_scope.group
+        try:
+            info = self.store.user_info(partition, user)
+            all_folders = self.store.folders(partition, user)
+        except FileNotFoundError:
+            self._put(UserItem(partition, user, group, None, [], [],
+                               "user vanished during the backup"))
+            return
+        except OSError as exc:
+            self._put(UserItem(partition, user, group, None, [], [], exc.strerror or str(exc)))
+            return
+        folders, excluded = select_folders(user_scope, all_folders, self.exclusions)
+        self._put(UserItem(partition, user, group, info, folders, excluded))
+        for folder in folders:
+            self._read_folder(partition, user, group, folder)
+
+    def _read_folder(self, partition: str, user: str, group: str, folder: str) -> None:
+        logical = f"/{partition}/{group}/{user}/{folder}"
+        try:
+            reader = self.store.open_folder(partition, user, folder)
+        except FileNotFoundError:
+            self._put(FolderItem(logical, partition, user, folder, None,
+                                 error="folder vanished during the backup"))
+            return
+        except OSError as exc:
+            self._put(FolderItem(logical, partition, user, folder, None,
+                                 error=exc.strerror or str(exc)))
+            return
+        try:
+            since = self.since
+            unchanged = since is not None and not reader.changed_since(since)
+            self._put(FolderItem(logical, partition, user, folder, reader.state, unchanged))
+            if not unchanged:
+                self._read_messages(reader, f"{partition}/{user}/{folder}/")
+            self._put(FolderDone())
+        finally:
+            reader.close()
+
+    def _read_messages(self, reader, prefix: str) -> None:
+        since = self.since
+        track_links = self.track_links
+        link_min = self.link_min
+        links = self.links
+        slot: int | None = None
+        view: memoryview | None = None
+        used = 0
+        batch: list[Outcome] = []
+
+        def hand_over() -> None:
+            nonlocal slot, view, used, batch
+            if batch:
+                self._put(Batch(slot, batch))
+            elif slot is not None:
+                self._free.append(slot)
+            slot, view, used, batch = None, None, 0, []
+
+        for index, entry in enumerate(reader.state.messages):
+            location = entry.location
+            try:
+                opened = reader.open_message(entry)
+            except OSError as exc:
+                batch.append(Outcome("skipped", index, reason=exc.strerror or str(exc)))
+                continue
+            if opened is None:
+                batch.append(Outcome("vanished", index))
+                continue
+            fd, st = opened
+            changed = entry if entry.location != location else None
+            try:
+                if since is not None and st.st_ctime < since:
+                    continue
+                mtime = int(st.st_mtime)
+                shared = track_links and st.st_nlink >= link_min
+                if shared:
+                    target = links.get((st.st_dev, st.st_ino))
+                    if target is not None:
+                        batch.append(Outcome("link", index, changed, mtime, st.st_uid, st.st_gid,
+                                             st.st_size, link_target=target))
+                        continue
+                size = st.st_size
+                if size >= SLOT_SIZE - 1:
+                    hand_over()
+                    self._send_large(fd, index, changed, st, mtime)
+                else:
+                    if slot is None or used + size + 1 > SLOT_SIZE:
+                        hand_over()
+                        slot = self._slot()
+                        view = self.views[slot]
+                    assert view is not None
+                    count = os.readv(fd, [view[used:used + size + 1]])
+                    if count > size:
+                        # grew since fstat (not a Maildir message's habit): read what fits
+                        count = os.preadv(fd, [view[used:SLOT_SIZE]], 0)
+                    batch.append(Outcome("data", index, changed, mtime, st.st_uid, st.st_gid,
+                                         count, used, count,
+                                         hashlib.sha256(view[used:used + count]).hexdigest()))
+                    used += count
+                if shared:
+                    links[(st.st_dev, st.st_ino)] = (prefix + entry.key).encode(
+                        "utf-8", "surrogateescape")
+            except OSError as exc:
+                batch.append(Outcome("skipped", index, reason=exc.strerror or str(exc)))
+            finally:
+                os.close(fd)
+            if used >= BATCH_BYTES or len(batch) >= BATCH_MESSAGES:
+                hand_over()
+        hand_over()
+
+    def _send_large(self, fd: int, index: int, changed: MessageEntry | None,
+                    st: os.stat_result, mtime: int) -> None:
+        size = st.st_size
+        digest = hashlib.sha256()
+        position = 0
+        while position < size:
+            chunk = os.pread(fd, min(1 << 20, size - position), position)
+            if not chunk:
+                break
+            digest.update(chunk)
+            position += len(chunk)
+        self._put(Batch(None, [Outcome("large", index, changed, mtime, st.st_uid, st.st_gid,
+                                       size, sha256=digest.hexdigest())]))
+        position = 0
+        while position < size:
+            slot = self._slot()
+            count = os.preadv(fd, [self.views[slot][:min(SLOT_SIZE, size - position)]], position)
+            if count <= 0:
+                self._free.append(slot)
+                break
+            self._put(Batch(slot, [Outcome("chunk", index, start=0, length=count)]))
+            position += count
+        self._put(Batch(None, [Outcome("large_end", index, length=position)]))
