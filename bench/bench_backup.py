@@ -30,20 +30,51 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def pipeline(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run ``cmd | cat > /dev/null``; (wall seconds, peak RSS MiB of cmd's process)."""
+def _status(pid: int) -> tuple[int, int]:
+    """(VmHWM, Pss) of a process in KiB, or (0, 0) once it is gone."""
+    hwm = pss = 0
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return hwm, pss
+
+
+def pipeline(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
+    """Run ``cmd | cat > /dev/null``; (wall seconds, memory of cmd and its child processes).
+
+    Memory is sampled from /proc every 10 ms (ru_maxrss is useless here: it keeps the RSS of
+    the forking parent from before exec): the largest VmHWM of any one process, and the
+    largest sum of PSS over the processes (shared pages counted once)."""
     start = time.monotonic()
     producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     consumer = subprocess.Popen(["cat"], stdin=producer.stdout, stdout=subprocess.DEVNULL)
     assert producer.stdout is not None
     producer.stdout.close()
-    _, status, usage = os.wait4(producer.pid, 0)
+    peak_rss = peak_pss = 0
+    while producer.poll() is None:
+        pids = [producer.pid]
+        try:
+            with open(f"/proc/{producer.pid}/task/{producer.pid}/children") as children:
+                pids += [int(p) for p in children.read().split()]
+        except OSError:
+            pass
+        samples = [_status(pid) for pid in pids]
+        peak_rss = max([peak_rss] + [hwm for hwm, _ in samples])
+        peak_pss = max(peak_pss, sum(pss for _, pss in samples))
+        time.sleep(0.01)
     consumer.wait()
     wall = time.monotonic() - start
-    producer.returncode = os.waitstatus_to_exitcode(status)
     if producer.returncode != 0:
         raise SystemExit(f"{cmd[0]} exited {producer.returncode}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, {"rss": peak_rss / 1024, "pss": peak_pss / 1024}
 
 
 def measure(label: str, ours: list[str], theirs: list[str], runs: int, env: dict[str, str],
@@ -52,19 +83,21 @@ def measure(label: str, ours: list[str], theirs: list[str], runs: int, env: dict
     if before_theirs:
         before_theirs()
     pipeline(theirs)
-    ours_walls, theirs_walls, peaks = [], [], []
+    ours_walls, theirs_walls, rss, pss = [], [], [], []
     for _ in range(runs):
-        wall, peak = pipeline(ours, env)
+        wall, memory = pipeline(ours, env)
         ours_walls.append(wall)
-        peaks.append(peak)
+        rss.append(memory["rss"])
+        pss.append(memory["pss"])
         if before_theirs:
             before_theirs()
         theirs_walls.append(pipeline(theirs)[0])
     ratios = [a / b for a, b in zip(ours_walls, theirs_walls)]
     result = {"ims": statistics.median(ours_walls), "tar": statistics.median(theirs_walls),
-              "ratio": statistics.median(ratios), "peak": max(peaks)}
+              "ratio": statistics.median(ratios), "rss": max(rss), "pss": max(pss)}
     print(f"{label:12s} imsbackup {result['ims']:.2f} s   GNU tar {result['tar']:.2f} s   "
-          f"ratio {result['ratio']:.2f}x (median of pairs)   imsbackup peak RSS {result['peak']:.1f} MiB",
+          f"ratio {result['ratio']:.2f}x (median of {runs} pairs)   imsbackup memory: largest "
+          f"process {result['rss']:.1f} MiB RSS, all processes {result['pss']:.1f} MiB PSS",
           flush=True)
     return result
 

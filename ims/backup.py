@@ -95,7 +95,7 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
                                options.full_copies)
     readahead.start()
     try:
-        _write_items(readahead, writer, report, now, progress)
+        _write_items(readahead, writer, report, now, options.since, progress)
     finally:
         readahead.stop()
     report.seconds = time.monotonic() - started
@@ -113,7 +113,7 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
 
 
 def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: BackupReport,
-                 now: int, progress: ProgressFn | None) -> None:
+                 now: int, since: float | None, progress: ProgressFn | None) -> None:
     folder: FolderItem | None = None
     prefix = b""
     flag_parts: dict[str, bytes] = {}
@@ -128,23 +128,31 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
                     view = None
                 readahead.release(item.slot)
         elif isinstance(item, FolderItem):
+            prefix = f"{item.partition}/{item.user}/{item.folder}/".encode("utf-8", "surrogateescape")
+            member = prefix.decode("utf-8", "surrogateescape") + fmt.FOLDER_MEMBER
+            if item.unchanged:
+                writer.begin_folder(member, {
+                    "partition": item.partition, "user": item.user, "folder": item.folder,
+                    "unchanged_since": since, "uidvalidity": None, "next_uid": None,
+                    "guid": None, "keywords": None, "messages": None}, now)
+                writer.end_folder()
+                report.unchanged_folders += 1
+                report.folders += 1
+                continue
             if item.state is None:
                 report.skipped.append(f"{item.logical}: {item.error}")
                 continue
             folder = item
-            prefix = f"{item.partition}/{item.user}/{item.folder}/".encode("utf-8", "surrogateescape")
             flag_parts = {}
             state = item.state
             report.warnings.extend(state.notes)
-            writer.begin_folder(prefix.decode("utf-8", "surrogateescape") + fmt.FOLDER_MEMBER, {
+            writer.begin_folder(member, {
                 "partition": item.partition, "user": item.user, "folder": item.folder,
+                "unchanged_since": None,
                 "uidvalidity": state.uidvalidity, "next_uid": state.next_uid, "guid": state.guid,
                 "keywords": state.keywords,
                 "messages": [[m.key, m.uid, m.flags, list(m.keywords)] for m in state.messages],
             }, now)
-            if item.unchanged:
-                report.unchanged_folders += 1
-                log.debug("%s: unchanged since the date", item.logical)
         elif isinstance(item, FolderDone):
             assert folder is not None
             writer.end_folder()

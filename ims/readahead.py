@@ -38,8 +38,8 @@ from ims.names import Scope, select_folders
 from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
 
 SLOT_SIZE = 8 << 20        # also the largest message sent whole; larger ones go in chunks
-SLOTS = 4
-BATCH_BYTES = 2 << 20      # a batch is handed over when its data reaches this size
+SLOTS = 3
+BATCH_BYTES = 1 << 20      # a batch is handed over when its data reaches this size
 BATCH_MESSAGES = 256
 _LENGTH = struct.Struct("!I")
 
@@ -251,6 +251,12 @@ class StoreReadAhead:
     def _read_folder(self, partition: str, user: str, group: str, folder: str) -> None:
         logical = f"/{partition}/{group}/{user}/{folder}"
         try:
+            if self.since is not None and not self.store.changed_since(partition, user, folder,
+                                                                      self.since):
+                # Its state is the one the previous backup of the chain recorded: not even
+                # listed (this is what makes an incremental of an unchanged store cheap).
+                self._put(FolderItem(logical, partition, user, folder, None, unchanged=True))
+                return
             reader = self.store.open_folder(partition, user, folder)
         except FileNotFoundError:
             self._put(FolderItem(logical, partition, user, folder, None,
@@ -261,11 +267,8 @@ class StoreReadAhead:
                                  error=exc.strerror or str(exc)))
             return
         try:
-            since = self.since
-            unchanged = since is not None and not reader.changed_since(since)
-            self._put(FolderItem(logical, partition, user, folder, reader.state, unchanged))
-            if not unchanged:
-                self._read_messages(reader, f"{partition}/{user}/{folder}/")
+            self._put(FolderItem(logical, partition, user, folder, reader.state))
+            self._read_messages(reader, f"{partition}/{user}/{folder}/")
             self._put(FolderDone())
         finally:
             reader.close()

@@ -56,9 +56,6 @@ class UserInfo:
 class FolderReader(Protocol):
     state: FolderState
 
-    def changed_since(self, since: float) -> bool:
-        """False only when no message can have been stored, copied or renamed since."""
-
     def open_message(self, entry: MessageEntry) -> tuple[int, os.stat_result] | None:
         """An open fd and its fstat, following a rename; None if the message is gone."""
 
@@ -77,3 +74,7 @@ class StoreReader(Protocol):
     def folders(self, partition: str, user: str) -> list[str]: ...
 
     def open_folder(self, partition: str, user: str, folder: str) -> FolderReader: ...
+
+    def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
+        """False only when no message can have been stored, copied, renamed or expunged in
+        the folder since that time (so its state is the one a backup at that time saw)."""

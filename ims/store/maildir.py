@@ -229,12 +229,6 @@ class MaildirFolderReader:
         finally:
             os.close(fd)
 
-    def changed_since(self, since: float) -> bool:
-        for fd in self.sub_fds.values():
-            if os.fstat(fd).st_ctime >= since:
-                return True
-        return False
-
     def open_message(self, entry: MessageEntry) -> tuple[int, os.stat_result] | None:
         location = entry.location
         for _attempt in range(3):
@@ -365,3 +359,16 @@ class MaildirStore:
 
     def open_folder(self, partition: str, user: str, folder: str) -> MaildirFolderReader:
         return MaildirFolderReader(self.folder_dir(partition, user, folder), folder)
+
+    def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
+        # Delivery, COPY, a flag change (rename), new/ -> cur/ and expunge all change cur/ or
+        # new/.  The folder directory itself is not looked at: Dovecot touches it with every
+        # index write, which would make every folder a client opened look changed.
+        directory = self.folder_dir(partition, user, folder)
+        for sub in ("cur", "new"):
+            try:
+                if os.stat(directory / sub).st_ctime >= since:
+                    return True
+            except FileNotFoundError:
+                return True
+        return False
