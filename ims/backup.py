@@ -8,9 +8,13 @@ first copy; the table only holds such inodes, so memory grows with shared files,
 the store.
 
 Incremental (``since``): a folder whose ``cur/`` and ``new/`` have not changed since the
-date cannot hold a changed message, so only its state is written; in other folders a message
-is taken when its inode's ctime is at or after the date (delivery, COPY, flag-change rename
-and link() all set it).  That may take a few more messages, never fewer.
+date cannot hold a changed message, so it is not listed and its state member only says
+``unchanged_since``; in other folders a message is taken when its inode's ctime is at or
+after the date (delivery, COPY, flag-change rename and link() all set it).  That may take a
+few more messages, never fewer.
+
+The store is read by ``ims.readahead`` in a child process; this module writes what it sends,
+in order, and keeps the counts.
 
 Failure behaviour: a message that vanished (expunged) is counted; one that cannot be read is
 skipped and listed (exit 1); a device error propagates as ``DeviceError`` before the trailer,
@@ -21,7 +25,6 @@ while being read is reported as skipped, never aborts the run.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 import time
@@ -33,7 +36,10 @@ from ims.archive import format as fmt
 from ims.archive.writer import ArchiveWriter
 from ims.config import Config
 from ims.names import Scope
-from ims.readahead import Batch, FolderDone, FolderItem, StoreReadAhead, UserItem
+from ims.readahead import (FLAGS, INFO, IS_NEW, KEY, KEYWORDS, O_ENTRY, O_GID, O_INDEX,
+                           O_KIND, O_LENGTH, O_LINK_TARGET, O_MTIME, O_REASON, O_SHA256,
+                           O_SIZE, O_START, O_UID, UID, Batch, FolderDone, FolderItem,
+                           StoreReadAhead, UserItem)
 from ims.store.base import StoreReader
 
 log = logging.getLogger("ims.backup")
@@ -151,7 +157,8 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
                 "unchanged_since": None,
                 "uidvalidity": state.uidvalidity, "next_uid": state.next_uid, "guid": state.guid,
                 "keywords": state.keywords,
-                "messages": [[m.key, m.uid, m.flags, list(m.keywords)] for m in state.messages],
+                "messages": [[m[KEY], m[UID], m[FLAGS], list(m[KEYWORDS])]
+                             for m in item.messages],
             }, now)
         elif isinstance(item, FolderDone):
             assert folder is not None
@@ -178,55 +185,55 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
 
 def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, prefix: bytes,
                  flag_parts: dict[str, bytes], writer: ArchiveWriter, report: BackupReport) -> None:
-    assert folder.state is not None
-    listed = folder.state.messages
+    listed = folder.messages
     for outcome in batch.outcomes:
-        kind = outcome.kind
+        kind = outcome[O_KIND]
         if kind == "chunk":
             assert view is not None
-            writer.add_large_chunk(view[outcome.start:outcome.start + outcome.length])
+            start = outcome[O_START]
+            writer.add_large_chunk(view[start:start + outcome[O_LENGTH]])
             continue
-        entry = outcome.entry or listed[outcome.index]
+        entry = outcome[O_ENTRY] or listed[outcome[O_INDEX]]
         if kind == "vanished":
             report.vanished += 1
-            log.debug("vanished %s/%s", folder.logical, entry.key)
+            log.debug("vanished %s/%s", folder.logical, entry[KEY])
             continue
         if kind == "skipped":
-            report.skipped.append(f"{folder.logical}/{entry.key}: {outcome.reason}")
-            log.warning("skipped %s/%s: %s", folder.logical, entry.key, outcome.reason)
+            report.skipped.append(f"{folder.logical}/{entry[KEY]}: {outcome[O_REASON]}")
+            log.warning("skipped %s/%s: %s", folder.logical, entry[KEY], outcome[O_REASON])
             continue
         if kind == "large_end":
             if not writer.end_large_message():
-                report.skipped.append(f"{folder.logical}/{entry.key}: file shrank while it was"
+                report.skipped.append(f"{folder.logical}/{entry[KEY]}: file shrank while it was"
                                       " read; the archived copy is damaged")
             continue
-        key = entry.key.encode("utf-8", "surrogateescape")
-        flags_part = flag_parts.get(entry.info)
+        key = entry[KEY].encode("utf-8", "surrogateescape")
+        info = entry[INFO]
+        flags_part = flag_parts.get(info)
         if flags_part is None:
-            flags_part = flag_parts[entry.info] = fmt.flag_records(entry.flags, entry.keywords,
-                                                                   entry.info)
-        mtime = outcome.mtime
+            flags_part = flag_parts[info] = fmt.flag_records(entry[FLAGS], entry[KEYWORDS], info)
+        mtime = outcome[O_MTIME]
         if kind == "data":
             assert view is not None
-            writer.add_message(prefix + key, view[outcome.start:outcome.start + outcome.length],
-                               mtime, fmt.message_records(entry.uid, flags_part, entry.is_new,
-                                                          mtime, key, outcome.length,
-                                                          outcome.sha256),
-                               outcome.uid, outcome.gid)
+            start, length = outcome[O_START], outcome[O_LENGTH]
+            writer.add_message(prefix + key, view[start:start + length], mtime,
+                               fmt.message_records(entry[UID], flags_part, entry[IS_NEW], mtime,
+                                                   key, length, outcome[O_SHA256]),
+                               outcome[O_UID], outcome[O_GID])
             report.messages += 1
-            report.bytes += outcome.length
+            report.bytes += length
         elif kind == "link":
-            assert outcome.link_target is not None
-            writer.add_link(prefix + key, outcome.link_target, mtime, fmt.message_records(
-                entry.uid, flags_part, entry.is_new, mtime, key, outcome.size, None),
-                outcome.uid, outcome.gid)
+            writer.add_link(prefix + key, outcome[O_LINK_TARGET], mtime, fmt.message_records(
+                entry[UID], flags_part, entry[IS_NEW], mtime, key, outcome[O_SIZE], None),
+                outcome[O_UID], outcome[O_GID])
             report.links += 1
         elif kind == "large":
-            writer.begin_large_message(prefix + key, outcome.size, mtime, fmt.message_records(
-                entry.uid, flags_part, entry.is_new, mtime, key, outcome.size, outcome.sha256),
-                outcome.uid, outcome.gid)
+            size = outcome[O_SIZE]
+            writer.begin_large_message(prefix + key, size, mtime, fmt.message_records(
+                entry[UID], flags_part, entry[IS_NEW], mtime, key, size, outcome[O_SHA256]),
+                outcome[O_UID], outcome[O_GID])
             report.messages += 1
-            report.bytes += outcome.size
+            report.bytes += size
 
 
 def summary(report: BackupReport, exit_code: int) -> dict[str, Any]:

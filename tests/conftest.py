@@ -44,13 +44,14 @@ def command(name: str) -> str:
 
 
 def run_cmd(name: str, *args: str, config_dir: Path | None = None, check_rc: int | None = None,
-            stdout=subprocess.PIPE, prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, prefix: tuple[str, ...] = (),
+            **kwargs) -> subprocess.CompletedProcess:
     """Run an installed command as a user would; returns the completed process."""
     env = dict(os.environ)
     if config_dir is not None:
         env["IMS_CONFIG_DIR"] = str(config_dir)
     result = subprocess.run([*prefix, command(name), *args], stdout=stdout,
-                            stderr=subprocess.PIPE, env=env, **kwargs)
+                            stderr=stderr, env=env, **kwargs)
     if check_rc is not None:
         assert result.returncode == check_rc, (result.returncode, result.stderr.decode())
     return result

@@ -227,3 +227,66 @@ def test_dates_are_local_time(monkeypatch):
     time.tzset()
     assert imsbackup.parse_since("20240115:120000") == 1705316400  # 11:00 UTC
     assert imsbackup.parse_since("20240115") == 1705273200
+
+
+def test_interrupted_backup_has_no_trailer_and_leaves_no_process(sample_store, tmp_path):
+    fifo = tmp_path / "tape"
+    os.mkfifo(fifo)
+    env = dict(os.environ, IMS_CONFIG_DIR=str(sample_store / "config"))
+    proc = subprocess.Popen([command("imsbackup"), "-b", "1", "-f", str(fifo), "/"], env=env,
+                            stderr=subprocess.PIPE)
+    with open(fifo, "rb") as tape:
+        received = tape.read(4096)
+        children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = [int(p) for p in children_file.read_text().split()]
+        assert children, "the store reader process should be running"
+        proc.send_signal(2)   # SIGINT, as Ctrl-C would
+        _, err = proc.communicate(timeout=30)
+        received += tape.read()
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err
+    with pytest.raises(Incomplete):
+        read_archive(received, blocking_factor=1)
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or \
+            "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_progress_is_shown_on_a_terminal_only(sample_store, tmp_path):
+    import pty
+    controller, terminal = pty.openpty()
+    try:
+        result = run_cmd("imsbackup", "-f", str(tmp_path / "a.ims"), "/",
+                         config_dir=sample_store / "config", stderr=terminal)
+    finally:
+        os.close(terminal)
+    shown = b""
+    try:
+        while True:
+            chunk = os.read(controller, 65536)
+            if not chunk:
+                break
+            shown += chunk
+    except OSError:
+        pass
+    os.close(controller)
+    assert result.returncode == 0
+    assert b"folders," in shown and b"messages" in shown
+    quiet = run_cmd("imsbackup", "-f", str(tmp_path / "b.ims"), "/",
+                    config_dir=sample_store / "config", check_rc=0)
+    assert quiet.stderr == b""
+
+
+def test_configutil_lists_prints_and_sets(tmp_path):
+    config = tmp_path / "conf"
+    run_cmd("configutil", "-o", "store.partition.primary.path", "-v", "/srv/p1",
+            config_dir=config, check_rc=0)
+    run_cmd("configutil", "-o", "local.store.backup.exclude", "-v", "Trash%Bulk Mail",
+            config_dir=config, check_rc=0)
+    listing = run_cmd("configutil", config_dir=config, check_rc=0).stdout.decode()
+    assert listing == "store.partition.primary.path = /srv/p1\nlocal.store.backup.exclude = Trash%Bulk Mail\n"
+    assert run_cmd("configutil", "-o", "store.maildir.layout", config_dir=config,
+                   check_rc=0).stdout == b"%u/Maildir\n"
+    (config / "msg.conf").write_text("broken line\n")
+    result = run_cmd("configutil", "-o", "x.y", config_dir=config)
+    assert result.returncode == 2 and b"msg.conf:1:" in result.stderr

@@ -7,7 +7,6 @@ import os
 import subprocess
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from archive_reader import read_archive
