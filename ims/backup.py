@@ -38,7 +38,7 @@ from ims.config import Config
 from ims.names import Scope
 from ims.readahead import (FLAGS, INFO, IS_NEW, KEY, KEYWORDS, O_ENTRY, O_GID, O_INDEX,
                            O_KIND, O_LENGTH, O_LINK_TARGET, O_MTIME, O_REASON, O_SHA256,
-                           O_SIZE, O_START, O_UID, UID, Batch, FolderDone, FolderItem,
+                           O_NLINK, O_SIZE, O_START, O_UID, UID, Batch, FolderDone, FolderItem,
                            StoreReadAhead, UserItem)
 from ims.store.base import StoreReader
 
@@ -174,6 +174,8 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
                 report.skipped.append(f"{logical}: {item.error}")
                 continue
             report.excluded_folders.extend(f"{logical}/{f}" for f in item.excluded)
+            writer.user_index.append({"partition": item.partition, "user": item.user,
+                                      "group": item.group, "offset": writer.offset})
             writer.add_json(f"{item.partition}/{item.user}/{fmt.USER_MEMBER}", fmt.USER, {
                 "partition": item.partition, "user": item.user, "group": item.group,
                 "uid": item.info.uid, "gid": item.info.gid,
@@ -218,19 +220,22 @@ def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, pref
             start, length = outcome[O_START], outcome[O_LENGTH]
             writer.add_message(prefix + key, view[start:start + length], mtime,
                                fmt.message_records(entry[UID], flags_part, entry[IS_NEW], mtime,
-                                                   key, length, outcome[O_SHA256]),
+                                                   key, length, outcome[O_SHA256],
+                                                   outcome[O_NLINK]),
                                outcome[O_UID], outcome[O_GID])
             report.messages += 1
             report.bytes += length
         elif kind == "link":
             writer.add_link(prefix + key, outcome[O_LINK_TARGET], mtime, fmt.message_records(
-                entry[UID], flags_part, entry[IS_NEW], mtime, key, outcome[O_SIZE], None),
+                entry[UID], flags_part, entry[IS_NEW], mtime, key, outcome[O_SIZE], None,
+                outcome[O_NLINK]),
                 outcome[O_UID], outcome[O_GID])
             report.links += 1
         elif kind == "large":
             size = outcome[O_SIZE]
             writer.begin_large_message(prefix + key, size, mtime, fmt.message_records(
-                entry[UID], flags_part, entry[IS_NEW], mtime, key, size, outcome[O_SHA256]),
+                entry[UID], flags_part, entry[IS_NEW], mtime, key, size, outcome[O_SHA256],
+                outcome[O_NLINK]),
                 outcome[O_UID], outcome[O_GID])
             report.messages += 1
             report.bytes += size

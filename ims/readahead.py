@@ -83,21 +83,21 @@ class FolderItem:
 
 
 # An outcome: (kind, index, entry, mtime, uid, gid, size, start, length, sha256, link_target,
-# reason).  ``kind``: ``data`` (bytes in the batch's slot at start/length), ``link`` (the
+# reason, nlink).  ``kind``: ``data`` (bytes in the batch's slot at start/length), ``link`` (the
 # inode is already in the stream as ``link_target``), ``large`` (header facts of a message
 # whose bytes follow as ``chunk`` outcomes, ended by ``large_end``), ``vanished``,
 # ``skipped``.  ``index`` is the position in the folder's message list; ``entry`` is a wire
 # entry sent again only when a rename changed it since the listing.
 (O_KIND, O_INDEX, O_ENTRY, O_MTIME, O_UID, O_GID, O_SIZE, O_START, O_LENGTH, O_SHA256,
- O_LINK_TARGET, O_REASON) = range(12)
+ O_LINK_TARGET, O_REASON, O_NLINK) = range(13)
 
 
 def outcome(kind: str, index: int, entry: tuple | None = None, mtime: int = 0, uid: int = 0,
             gid: int = 0, size: int = 0, start: int = 0, length: int = 0,
             sha256: str | None = None, link_target: bytes | None = None,
-            reason: str = "") -> tuple:
+            reason: str = "", nlink: int = 1) -> tuple:
     return (kind, index, entry, mtime, uid, gid, size, start, length, sha256, link_target,
-            reason)
+            reason, nlink)
 
 
 @dataclass
@@ -326,7 +326,8 @@ class StoreReadAhead:
                     target = links.get((st.st_dev, st.st_ino))
                     if target is not None:
                         batch.append(outcome("link", index, changed, mtime, st.st_uid, st.st_gid,
-                                             st.st_size, link_target=target))
+                                             st.st_size, link_target=target,
+                                             nlink=st.st_nlink))
                         continue
                 size = st.st_size
                 if size >= SLOT_SIZE - 1:
@@ -344,7 +345,8 @@ class StoreReadAhead:
                         count = os.preadv(fd, [view[used:SLOT_SIZE]], 0)
                     batch.append(outcome("data", index, changed, mtime, st.st_uid, st.st_gid,
                                          count, used, count,
-                                         hashlib.sha256(view[used:used + count]).hexdigest()))
+                                         hashlib.sha256(view[used:used + count]).hexdigest(),
+                                         nlink=st.st_nlink))
                     used += count
                 if shared:
                     links[(st.st_dev, st.st_ino)] = (prefix + entry.key).encode(
@@ -369,7 +371,8 @@ class StoreReadAhead:
             digest.update(chunk)
             position += len(chunk)
         self._put(Batch(None, [outcome("large", index, changed, mtime, st.st_uid, st.st_gid,
-                                       size, sha256=digest.hexdigest())]))
+                                       size, sha256=digest.hexdigest(),
+                                       nlink=st.st_nlink)]))
         position = 0
         while position < size:
             slot = self._slot()

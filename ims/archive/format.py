@@ -119,13 +119,15 @@ _STATE = {True: pax_kv(b"IMS.state=new"), False: pax_kv(b"IMS.state=cur")}
 
 
 def message_records(uid: int | None, flags_part: bytes, is_new: bool, internaldate: int,
-                    basename: bytes, size: int, sha256_hex: str | None) -> bytes:
+                    basename: bytes, size: int, sha256_hex: str | None, links: int = 1) -> bytes:
     """The pax payload of a message member (docs/archive-format.md §4)."""
     parts = [_MESSAGE_TYPE]
     if uid is not None:
         parts.append(pax_kv(b"IMS.uid=%d" % uid))
     parts += (flags_part, _STATE[is_new], pax_kv(b"IMS.internaldate=%d" % internaldate),
               pax_kv(b"IMS.basename=" + basename), pax_kv(b"IMS.size=%d" % size))
+    if links > 1:
+        parts.append(pax_kv(b"IMS.links=%d" % links))
     if sha256_hex is not None:
         parts.append(b"79 IMS.sha256=%s\n" % sha256_hex.encode())
     return b"".join(parts)

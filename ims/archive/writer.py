@@ -89,6 +89,7 @@ class ArchiveWriter:
         self.offset = 0  # logical stream offset of the next member
         self.digest = hashlib.sha256()
         self.index: list[dict[str, Any]] = []
+        self.user_index: list[dict[str, Any]] = []
         self._folder: dict[str, Any] | None = None
         self._large_left = 0
         self._large_size = 0
@@ -177,6 +178,7 @@ class ArchiveWriter:
         body["digest"] = "sha256:" + self.digest.hexdigest()
         body["trailer_offset"] = self.offset
         body["index"] = self.index
+        body["users"] = self.user_index
         self.add_json(fmt.TRAILER_NAME, fmt.TRAILER, body, mtime)
         self._emit(fmt.END_OF_ARCHIVE, digest=False)
         self.sink.close()
