@@ -1,0 +1,403 @@
+"""Reads an archive stream (docs/archive-format.md): members in order, or by offset when the
+archive is a seekable file.
+
+Sequential reading checks every header checksum, the header member first (format, version,
+blocking factor), each message's SHA-256 and size when its data is read, and at the end the
+trailer (its offset, digest, counts) and the end-of-archive blocks.  Reading by offset (a
+user's or a folder's extent, taken from the trailer's index) checks headers and message
+digests only.
+
+Failure behaviour: ``ArchiveDamaged`` (exit 4) for a bad header, a wrong blocking factor, a
+stream that ends before a valid trailer (``Incomplete``, which says at which offset), or a
+bad trailer; ``MemberDamaged`` for one message whose bytes do not match its SHA-256 — the
+stream stays aligned, so the caller may skip that message and go on.  No size claimed by
+the archive is trusted for allocation: data is read in bounded chunks, pax headers are
+capped, and names are never used as file system paths here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterator
+
+from ims.archive import format as fmt
+from ims.errors import ArchiveDamaged, DeviceError
+
+MAX_PAX_PAYLOAD = 1 << 20
+MAX_JSON_MEMBER = 256 << 20
+_CHUNK = 1 << 20
+
+
+class Incomplete(ArchiveDamaged):
+    """The stream ends before a valid trailer."""
+
+
+class MemberDamaged(ArchiveDamaged):
+    """One member's data does not match its digest or size; reading can go on."""
+
+
+@dataclass
+class Member:
+    name: str
+    typeflag: bytes
+    size: int
+    mtime: int
+    linkname: str
+    pax: dict[str, str]
+    offset: int                       # first header block
+    data_offset: int = 0
+    body: Any = None                  # parsed JSON of metadata members
+
+    @property
+    def kind(self) -> str:
+        return self.pax.get("IMS.type", "")
+
+    @property
+    def is_link(self) -> bool:
+        return self.typeflag == fmt.HARDLINK
+
+
+@dataclass
+class ReadStats:
+    members: int = 0
+    messages: int = 0
+    links: int = 0
+    folders: int = 0
+
+
+class ArchiveReader:
+    def __init__(self, fd: int, device_name: str, blocking_factor: int) -> None:
+        self.fd = fd
+        self.device_name = device_name
+        self.blocking_factor = blocking_factor
+        st = os.fstat(fd)
+        self.seekable = stat.S_ISREG(st.st_mode)
+        self.file_size = st.st_size if self.seekable else None
+        self.stream: BinaryIO = open(fd, "rb", buffering=4 << 20, closefd=False)
+        self.offset = 0
+        self.digest = hashlib.sha256()
+        self.header: dict[str, Any] = {}
+        self.trailer: dict[str, Any] | None = None
+        self.stats = ReadStats()
+        self._pending = 0           # unread data bytes (with padding) of the current member
+        self._pending_digest = False
+
+    # -- raw reading -----------------------------------------------------------------
+
+    def _read(self, count: int) -> bytes:
+        try:
+            data = self.stream.read(count)
+        except OSError as exc:
+            raise DeviceError(f"{self.device_name}: read failed: {exc.strerror}") from None
+        if len(data) < count:
+            raise Incomplete(f"{self.device_name}: the archive ends at byte {self.offset + len(data)}"
+                             " before its trailer: it is incomplete")
+        self.offset += count
+        return data
+
+    def _skip(self, count: int, digest: bool) -> None:
+        if self.seekable and not digest and count > _CHUNK:
+            self.stream.seek(count, os.SEEK_CUR)
+            self.offset += count
+            if self.file_size is not None and self.offset > self.file_size:
+                raise Incomplete(f"{self.device_name}: the archive ends at byte"
+                                 f" {self.file_size} inside a member: it is incomplete")
+            return
+        while count:
+            chunk = self._read(min(count, _CHUNK))
+            if digest:
+                self.digest.update(chunk)
+            count -= len(chunk)
+
+    # -- members ---------------------------------------------------------------------
+
+    def _next_member(self) -> Member:
+        if self._pending:
+            self._skip(self._pending, self._pending_digest)
+            self._pending = 0
+        start = self.offset
+        block = self._read(fmt.BLOCK)
+        if block == b"\0" * fmt.BLOCK:
+            raise Incomplete(f"{self.device_name}: end-of-archive blocks at byte {start}"
+                             " without a trailer: the archive is incomplete")
+        header_bytes = [block]
+        pax: dict[str, str] = {}
+        try:
+            head = fmt.parse_ustar(block)
+            if head["typeflag"] == fmt.PAX:
+                if head["size"] > MAX_PAX_PAYLOAD:
+                    raise fmt.FormatError(f"pax header of {head['size']} bytes")
+                raw = self._read(head["size"] + len(fmt.padding(head["size"])))
+                header_bytes.append(raw)
+                pax = fmt.parse_pax(raw[:head["size"]])
+                block = self._read(fmt.BLOCK)
+                header_bytes.append(block)
+                head = fmt.parse_ustar(block)
+                if head["typeflag"] == fmt.PAX:
+                    raise fmt.FormatError("two pax headers in a row")
+            size = int(pax["size"]) if "size" in pax else head["size"]
+            mtime = int(pax["mtime"]) if "mtime" in pax else head["mtime"]
+        except (fmt.FormatError, ValueError) as exc:
+            raise ArchiveDamaged(f"{self.device_name}: damaged header at byte {start}: {exc}") from None
+        if size < 0:
+            raise ArchiveDamaged(f"{self.device_name}: negative size at byte {start}")
+        member = Member(pax.get("path", head["name"]), head["typeflag"], size, mtime,
+                        pax.get("linkpath", head["linkname"]), pax, start, self.offset)
+        is_message_data = member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR
+        if member.kind != fmt.TRAILER:
+            for part in header_bytes:
+                self.digest.update(part)
+        self._pending = size + len(fmt.padding(size))
+        self._pending_digest = not is_message_data and member.kind != fmt.TRAILER
+        self.stats.members += 1
+        return member
+
+    def read_json(self, member: Member) -> Any:
+        if member.size > MAX_JSON_MEMBER:
+            raise ArchiveDamaged(f"{self.device_name}: {member.name}: metadata of {member.size} bytes")
+        digest = self._pending_digest
+        raw = self._read(self._pending)
+        if digest:
+            self.digest.update(raw)
+        self._pending = 0
+        try:
+            member.body = json.loads(raw[:member.size].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+                                 " metadata is not valid JSON") from None
+        if not isinstance(member.body, dict):
+            raise ArchiveDamaged(f"{self.device_name}: {member.name}: metadata is not an object")
+        return member.body
+
+    def read_data(self, member: Member) -> bytes:
+        """The whole data of a message member, checked against IMS.size and IMS.sha256."""
+        chunks = list(self.iter_data(member))
+        return b"".join(chunks)
+
+    def iter_data(self, member: Member) -> Iterator[bytes]:
+        """The data in chunks; the digest is checked after the last chunk (MemberDamaged)."""
+        size = member.size
+        padded = self._pending
+        self._pending = 0
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            chunk = self._read(min(left, _CHUNK))
+            digest.update(chunk)
+            left -= len(chunk)
+            yield chunk
+        self._read(padded - size)
+        self._check(member, digest.hexdigest())
+
+    def _check(self, member: Member, sha: str) -> None:
+        if member.pax.get("IMS.sha256") != sha:
+            raise MemberDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+                                " SHA-256 mismatch, the message is damaged")
+        if member.pax.get("IMS.size") != str(member.size):
+            raise MemberDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+                                " size does not match IMS.size")
+
+    # -- sequential reading ----------------------------------------------------------
+
+    def read_header(self) -> dict[str, Any]:
+        member = self._next_member()
+        if member.kind != fmt.HEADER or member.typeflag != fmt.REGULAR:
+            raise ArchiveDamaged(f"{self.device_name}: not an imsbackup archive (first member"
+                                 f" is {member.name!r})")
+        header = self.read_json(member)
+        if header.get("format") != fmt.FORMAT_NAME:
+            raise ArchiveDamaged(f"{self.device_name}: not an imsbackup archive")
+        if header.get("version") != fmt.FORMAT_VERSION:
+            raise ArchiveDamaged(f"{self.device_name}: archive format version"
+                                 f" {header.get('version')} is not supported")
+        written_with = header.get("blocking_factor")
+        if written_with != self.blocking_factor:
+            raise ArchiveDamaged(f"{self.device_name}: wrong blocking factor: the archive was"
+                                 f" written with -b {written_with}, read with -b"
+                                 f" {self.blocking_factor}")
+        self.header = header
+        return header
+
+    def members(self) -> Iterator[Member]:
+        """Every member after the header, up to and including a verified trailer.
+
+        JSON members come with ``body`` parsed; message data is left for the caller to read
+        (``read_data``/``iter_data``) or is skipped when the caller moves on."""
+        while True:
+            digest_before = self.digest.copy()
+            member = self._next_member()
+            kind = member.kind
+            if kind == fmt.TRAILER:
+                self._finish(member, digest_before)
+                yield member
+                return
+            if kind in (fmt.USER, fmt.FOLDER, fmt.HEADER):
+                self.read_json(member)
+                if kind == fmt.FOLDER:
+                    self.stats.folders += 1
+            elif kind == fmt.MESSAGE:
+                if member.is_link:
+                    self.stats.links += 1
+                elif member.typeflag == fmt.REGULAR:
+                    self.stats.messages += 1
+            yield member
+
+    def _finish(self, member: Member, digest_before: Any) -> None:
+        trailer = self.read_json(member)
+        problems = []
+        if trailer.get("trailer_offset") != member.offset:
+            problems.append("its offset does not match")
+        if trailer.get("digest") != "sha256:" + digest_before.hexdigest():
+            problems.append("the digest over the members does not match")
+        counts = trailer.get("counts") or {}
+        if (counts.get("messages"), counts.get("links"), counts.get("folders")) != (
+                self.stats.messages, self.stats.links, self.stats.folders):
+            problems.append("its counts do not match the members read")
+        if problems:
+            raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {member.offset} is"
+                                 f" not valid: {'; '.join(problems)}")
+        if self._read(2 * fmt.BLOCK) != fmt.END_OF_ARCHIVE:
+            raise ArchiveDamaged(f"{self.device_name}: no end-of-archive blocks after the trailer")
+        self.trailer = trailer
+
+    # -- random access (seekable archives) -------------------------------------------
+
+    def locate_trailer(self) -> dict[str, Any] | None:
+        """The trailer of a seekable archive, found from the end; None when there is none."""
+        if not self.seekable or not self.file_size:
+            return None
+        name = fmt.TRAILER_NAME.encode()
+        tail = 64 << 10
+        while True:
+            start = max(0, self.file_size - tail)
+            start -= start % fmt.BLOCK
+            data = os.pread(self.fd, self.file_size - start, start)
+            position = len(data) - fmt.BLOCK
+            position -= position % fmt.BLOCK
+            while position >= 0:
+                if data[position:position + len(name) + 1] == name + b"\0":
+                    member = self.member_at(start + position)
+                    if member is not None and member.kind == fmt.TRAILER:
+                        body = self._json_at(member)
+                        if body is not None and body.get("trailer_offset") is not None:
+                            return body
+                position -= fmt.BLOCK
+            if start == 0 or tail > 512 << 20:
+                return None
+            tail *= 4
+
+    def member_at(self, offset: int) -> Member | None:
+        """Parse the member whose (pax or ustar) header starts at ``offset``."""
+        try:
+            block = os.pread(self.fd, fmt.BLOCK, offset)
+            head = fmt.parse_ustar(block)
+            pax: dict[str, str] = {}
+            position = offset + fmt.BLOCK
+            if head["typeflag"] == fmt.PAX:
+                if head["size"] > MAX_PAX_PAYLOAD:
+                    return None
+                pax = fmt.parse_pax(os.pread(self.fd, head["size"], position))
+                position += head["size"] + len(fmt.padding(head["size"]))
+                head = fmt.parse_ustar(os.pread(self.fd, fmt.BLOCK, position))
+                position += fmt.BLOCK
+            size = int(pax.get("size", head["size"]))
+        except (fmt.FormatError, ValueError):
+            return None
+        if not pax and offset >= 2 * fmt.BLOCK:
+            # a ustar header found by name: step back to its pax header if there is one
+            for back in range(1, 5):
+                candidate = offset - back * fmt.BLOCK
+                try:
+                    earlier = fmt.parse_ustar(os.pread(self.fd, fmt.BLOCK, candidate))
+                except fmt.FormatError:
+                    continue
+                if earlier["typeflag"] == fmt.PAX:
+                    return self.member_at(candidate)
+                break
+        return Member(pax.get("path", head["name"]), head["typeflag"], size,
+                      int(pax.get("mtime", head["mtime"])), pax.get("linkpath", head["linkname"]),
+                      pax, offset, position)
+
+    def _json_at(self, member: Member) -> Any:
+        if member.size > MAX_JSON_MEMBER:
+            return None
+        try:
+            return json.loads(os.pread(self.fd, member.size, member.data_offset))
+        except ValueError:
+            return None
+
+    def json_at(self, member: Member) -> Any:
+        body = self._json_at(member)
+        if not isinstance(body, dict):
+            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+                                 " metadata is not valid JSON")
+        member.body = body
+        return body
+
+    def data_at(self, member: Member) -> bytes:
+        """A message member's data read by offset, checked against its digest."""
+        parts = []
+        position, left = member.data_offset, member.size
+        while left:
+            chunk = os.pread(self.fd, min(left, _CHUNK), position)
+            if not chunk:
+                raise Incomplete(f"{self.device_name}: {member.name}: the archive ends inside it")
+            parts.append(chunk)
+            position += len(chunk)
+            left -= len(chunk)
+        data = b"".join(parts)
+        self._check(member, hashlib.sha256(data).hexdigest())
+        return data
+
+    def members_between(self, start: int, end: int) -> Iterator[Member]:
+        """Members whose headers start in [start, end), by offset (JSON bodies parsed)."""
+        position = start
+        while position < end:
+            member = self.member_at(position)
+            if member is None:
+                raise ArchiveDamaged(f"{self.device_name}: damaged header at byte {position}")
+            if member.kind in (fmt.USER, fmt.FOLDER, fmt.HEADER):
+                self.json_at(member)
+            yield member
+            data_size = 0 if member.is_link else member.size
+            position = member.data_offset + data_size + len(fmt.padding(data_size))
+
+    def find_member(self, name: str, start: int, end: int) -> Member | None:
+        for member in self.members_between(start, end):
+            if member.name == name:
+                return member
+        return None
+
+
+@dataclass
+class FolderExtent:
+    partition: str
+    user: str
+    folder: str
+    offset: int
+    end: int
+    messages: int
+
+
+@dataclass
+class ArchiveIndex:
+    """The trailer's index of a seekable archive."""
+
+    folders: list[FolderExtent] = field(default_factory=list)
+    users: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_trailer(cls, trailer: dict[str, Any]) -> "ArchiveIndex":
+        folders = [FolderExtent(e["partition"], e["user"], e["folder"], e["offset"], e["end"],
+                                e["messages"]) for e in trailer.get("index", [])]
+        return cls(folders, list(trailer.get("users", [])))
+
+    def folder(self, partition: str, user: str, folder: str) -> FolderExtent | None:
+        for extent in self.folders:
+            if (extent.partition, extent.user, extent.folder) == (partition, user, folder):
+                return extent
+        return None

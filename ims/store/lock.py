@@ -1,0 +1,106 @@
+"""Dovecot's ``dovecot-uidlist.lock`` dotlock, taken the way Dovecot takes it.
+
+The lock file is created with O_EXCL and holds ``<pid>:<hostname>``.  A lock whose pid is a
+dead process on this host and that is at least 2 s old is stale and is removed (Dovecot does
+the same); a lock of a live process, or of another host, is never broken: the caller waits
+up to ``timeout`` seconds, then gets ``StoreLocked`` (exit 3).  Release removes the file only
+if it is still ours (same inode), so a lock broken and retaken by someone else survives.
+
+Keep holds short: Dovecot's deliveries and IMAP sessions wait while it is held, and give up
+after about two minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from ims.errors import StoreLocked
+
+LOCK_NAME = "dovecot-uidlist.lock"
+STALE_DEAD_PID_AGE = 2.0
+DEFAULT_TIMEOUT = 60.0
+
+
+class FolderLock:
+    def __init__(self, folder_dir: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = folder_dir / LOCK_NAME
+        self.timeout = timeout
+        self.inode: int | None = None
+
+    def acquire(self) -> None:
+        me = f"{os.getpid()}:{socket.gethostname()}".encode()
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                if self._remove_if_stale():
+                    continue
+                if time.monotonic() >= deadline:
+                    raise StoreLocked(f"{self.path}: held by {self._holder()} for more than"
+                                      f" {self.timeout:.0f} s; store locked") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
+            try:
+                os.write(fd, me)
+                self.inode = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+            return
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "an unknown process"
+        except OSError:
+            return "an unknown process"
+
+    def _remove_if_stale(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+            pid, _, host = self.path.read_text().strip().partition(":")
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        if time.time() - st.st_mtime < STALE_DEAD_PID_AGE or process_alive(int(pid)):
+            return False
+        try:
+            if os.lstat(self.path).st_ino == st.st_ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        return True
+
+    def release(self) -> None:
+        if self.inode is None:
+            return
+        try:
+            if os.lstat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.inode = None
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
