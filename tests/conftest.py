@@ -87,4 +87,5 @@ def dovecot():
         yield server
     finally:
         server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        if not os.environ.get("IMS_TEST_KEEP"):   # keep the instance's files to debug
+            shutil.rmtree(server.root, ignore_errors=True)

@@ -61,9 +61,11 @@ class DovecotServer:
             os.chown(directory, MAIL_UID, MAIL_GID)
         with open(self.users_file, "a", encoding="utf-8") as out:
             out.write(f"{user}:{{PLAIN}}{PASSWORD}::::{home}::\n")
-        # passwd-file is re-read when its mtime changes; make sure the change is visible.
-        st = os.stat(self.users_file)
-        os.utime(self.users_file, (st.st_atime, st.st_mtime + 1))
+        # Dovecot re-stats a passwd-file at most once a second and re-reads it when its
+        # mtime (in seconds) changed: start a new second, then date the file in it.
+        if self.pid is not None:
+            time.sleep(1.02 - time.time() % 1)
+            os.utime(self.users_file)
         return home
 
     def partition(self, name: str) -> Path:
