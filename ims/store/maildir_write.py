@@ -349,13 +349,18 @@ class ExistingFolder:
             for name in os.listdir(self.path / sub):
                 on_disk.setdefault(name.partition(":")[0], f"{sub}/{name}")
         lines: list[str] = []
+        stale: set[str] = set()
         added_keywords = False
         for message, staged in batch:
-            if self.check_existing and message.key in known:
+            if message.key in known and message.key not in on_disk:
+                # Dovecot leaves an expunged message's line behind until it compacts the
+                # uidlist: a line without a file is not "there".  The line goes, so that the
+                # base name is listed once, with its new UID.
+                stale.add(message.key)
+            elif self.check_existing and message.key in known:
                 os.unlink(staged)           # already there: it keeps its live flags
                 self.already_there += 1
-                if message.key in on_disk:
-                    self.moved[staged] = self.path / on_disk[message.key]
+                self.moved[staged] = self.path / on_disk[message.key]
                 continue
             existing = on_disk.get(message.key)
             if existing is not None and self.check_existing:
@@ -388,7 +393,23 @@ class ExistingFolder:
         if lines:
             if self.sync:
                 _sync_dir(self.path / "cur")
-            self._append_lines(current, lines)
+            if stale and current is not None:
+                self._rewrite_without(stale, lines, next_uid)
+            else:
+                self._append_lines(current, lines)
+
+    def _rewrite_without(self, stale: set[str], lines: list[str], next_uid: int) -> None:
+        """Replace the uidlist (as Dovecot does, by rename, under the lock) without the
+        lines of the given base names, with the new lines added and N raised."""
+        text = (self.path / "dovecot-uidlist").read_text(encoding="utf-8", errors="surrogateescape")
+        old = text.split("\n")
+        if not text.endswith("\n"):
+            old = old[:-1]          # an append in progress cannot happen: we hold the lock
+        header = [f for f in old[0].split() if not f.startswith("N")]
+        header.insert(1, f"N{next_uid}")
+        kept = [line for line in old[1:] if line and line[line.rfind(":") + 1:] not in stale]
+        replace_file(self.path, "dovecot-uidlist",
+                     "\n".join([" ".join(header)] + kept + lines) + "\n", self.owner)
 
     def _keywords(self) -> list[str]:
         try:
