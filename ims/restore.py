@@ -233,9 +233,13 @@ class Restorer:
             trailer = reader.locate_trailer()
             if trailer is not None:
                 self.index = ArchiveIndex.from_trailer(trailer)
+        self._read_data = reader.read_data
         try:
-            for member in reader.members():
-                self._member(member)
+            if self.index is not None and self._partial():
+                self._run_indexed(reader, self.index)
+            else:
+                for member in reader.members():
+                    self._member(member)
             self.report.complete = True
         except Incomplete as exc:
             self._fail(str(exc))
@@ -248,6 +252,34 @@ class Restorer:
             self._close_user()
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _partial(self) -> bool:
+        return all(p.partition not in (None, "*") or p.user is not None
+                   for p in self.options.patterns) and not self.options.list_only
+
+    def _run_indexed(self, reader: ArchiveReader, index: ArchiveIndex) -> None:
+        """A part of a seekable archive: only the selected users' members are read, by
+        offset from the trailer's index (each message still checked against its digest)."""
+        self._read_data = reader.data_at
+        for entry in index.users:
+            if not any(p.user_matches(entry["partition"], entry.get("group", ""), entry["user"])
+                       for p in self.options.patterns):
+                continue
+            member = reader.member_at(entry["offset"])
+            if member is None or member.kind != fmt.USER:
+                raise ArchiveDamaged(f"{reader.device_name}: no user member at byte"
+                                     f" {entry['offset']} as the index says")
+            reader.json_at(member)
+            self._close_folder()
+            self._close_user()
+            self._member(member)
+            for extent in index.folders:
+                if (extent.partition, extent.user) != (entry["partition"], entry["user"]):
+                    continue
+                for member in reader.members_between(extent.offset, extent.end):
+                    self._member(member)
+        self._close_folder()
+        self._close_user()
 
     def _fail(self, message: str) -> None:
         self.report.damaged.append(message)
@@ -482,7 +514,7 @@ class Restorer:
             if member.is_link:
                 self._restore_link(member, message, folder)
             else:
-                data = self.reader.read_data(member)
+                data = self._read_data(member)
                 handle = folder.add(message, data)
                 self._remember(member, folder, handle)
                 self.report.messages += 1

@@ -1,0 +1,99 @@
+"""imsrestore against GNU tar extracting the same store, in the same run, same file system.
+
+Usage (after bench_backup.py has generated the store):
+
+    .venv/bin/python bench/bench_restore.py [--store DIR] [--work DIR] [--runs 3]
+
+Archives are made once: ``imsbackup -f ims.ims /`` and ``tar --format=pax -cf store.tar``.
+Each run restores into fresh, empty directories (ext4 is much slower right after mass
+deletions, so targets are deleted only after all runs):
+
+  full      cat ims.ims | imsrestore -f - (every message verified against its SHA-256)
+            vs  cat store.tar | tar -xf - -C fresh
+  one user  imsrestore -f ims.ims /PARTITION/user/USER  (seekable: reads that user only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: str, env: dict[str, str] | None = None) -> float:
+    start = time.monotonic()
+    subprocess.run(cmd, shell=True, check=True, env=env)
+    return time.monotonic() - start
+
+
+def config_for(store: Path, target: Path) -> Path:
+    """A config like the store's, with every partition moved under ``target``."""
+    config = target / "config"
+    config.mkdir(parents=True)
+    lines = []
+    for line in (store / "config" / "msg.conf").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().startswith("store.partition.") and key.strip().endswith(".path"):
+            name = key.strip().split(".")[2]
+            (target / "partitions" / name).mkdir(parents=True)
+            value = f" {target / 'partitions' / name}"
+        lines.append(f"{key.strip()} ={value}" if _ else line)
+    (config / "msg.conf").write_text("\n".join(lines) + "\n")
+    shutil.copy(store / "config" / "backup-groups.conf", config)
+    return config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", type=Path, default=Path("/var/tmp/ims-bench-store"))
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/ims-bench-restore"))
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    store, work = args.store, args.work
+    if not (store / "config" / "msg.conf").exists():
+        raise SystemExit(f"{store}: no store; run bench/bench_backup.py first")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = dict(os.environ, IMS_CONFIG_DIR=str(store / "config"))
+    archive, tarball = work / "ims.ims", work / "store.tar"
+    subprocess.run([str(BIN / "imsbackup"), "-f", str(archive), "/"], check=True, env=env)
+    subprocess.run(["tar", "--format=pax", "-cf", str(tarball), "-C", str(store / "partitions"), "."],
+                   check=True)
+    print(f"archives: imsbackup {archive.stat().st_size >> 20} MiB, GNU tar pax "
+          f"{tarball.stat().st_size >> 20} MiB", flush=True)
+    some_user = sorted(p.name for p in (store / "partitions" / "primary").iterdir())[0]
+
+    ours, theirs, one_user, ratios = [], [], [], []
+    for run in range(args.runs + 1):           # run 0 warms the cache and is not counted
+        target = work / f"run{run}"
+        config = config_for(store, target / "ims")
+        ims_env = dict(os.environ, IMS_CONFIG_DIR=str(config))
+        a = timed(f"cat {archive} | {BIN / 'imsrestore'} -f -", ims_env)
+        (target / "tar").mkdir()
+        b = timed(f"cat {tarball} | tar -xf - -C {target / 'tar'}")
+        single = config_for(store, target / "one")
+        c = timed(f"{BIN / 'imsrestore'} -f {archive} /primary/user/{some_user}",
+                  dict(os.environ, IMS_CONFIG_DIR=str(single)))
+        if run:
+            ours.append(a)
+            theirs.append(b)
+            one_user.append(c)
+            ratios.append(a / b)
+    print(f"full      imsrestore {statistics.median(ours):.2f} s   GNU tar -x "
+          f"{statistics.median(theirs):.2f} s   ratio {statistics.median(ratios):.2f}x "
+          f"(median of {args.runs} pairs)")
+    print(f"one user  imsrestore {statistics.median(one_user):.2f} s "
+          f"({statistics.median(one_user) / statistics.median(ours):.3f} of a full restore)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
