@@ -222,3 +222,19 @@ def test_unknown_name_and_bad_map_file(fresh_store, tmp_path):
     bad.write_text("old=new\nno equals sign\n")
     result = restore(fresh_store, "-m", str(bad), "-f", "-", data=data)
     assert result.returncode == 2 and f"{bad}:2:".encode() in result.stderr
+
+
+def test_continue_answer_given_in_advance(fresh_store, tmp_path):
+    data = bytearray(backup(fresh_store, "/primary"))
+    first = data.find(b"Lorem ipsum")
+    second = data.find(b"Lorem ipsum", first + 20000)
+    data[first] ^= 0x20
+    data[second] ^= 0x20
+    for user in list((fresh_store / "partitions" / "primary").iterdir()):
+        os.rename(user, tmp_path / user.name)
+    stopped = restore(fresh_store, "-c", "n", "-f", "-", "--json", data=bytes(data))
+    assert stopped.returncode == 4
+    assert len(json.loads(stopped.stdout)["damaged"]) == 1          # stopped at the first
+    went_on = restore(fresh_store, "-c", "y", "-f", "-", "--json", data=bytes(data))
+    assert len(json.loads(went_on.stdout)["damaged"]) == 2
+    assert json.loads(went_on.stdout)["messages"] > json.loads(stopped.stdout)["messages"]
