@@ -29,6 +29,7 @@ class UserScope:
     group: str
     folders: set[str] | None = None          # None: every folder of the user
     named_folders: set[str] = field(default_factory=set)  # named in full: never excluded
+    exact: bool = False                      # the named folders only, not their subfolders
 
     def add_all(self) -> None:
         self.folders = None
@@ -67,8 +68,9 @@ def select_folders(user_scope: UserScope, all_folders: list[str], exclusions: li
     chosen: list[str] = []
     excluded: list[str] = []
     for folder in all_folders:
-        if user_scope.folders is not None and not any(
-                in_folder(folder, wanted) for wanted in user_scope.folders):
+        if user_scope.folders is not None and not (
+                folder in user_scope.folders if user_scope.exact else
+                any(in_folder(folder, wanted) for wanted in user_scope.folders)):
             continue
         named = any(in_folder(folder, named) for named in user_scope.named_folders)
         if not named and is_excluded(folder, exclusions):
