@@ -1,0 +1,57 @@
+"""The imsasm entry point: NetWorker's uasm-style arguments, not click's (``-s`` must come
+first, flags combine as in ``-sv``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ims.asm.imsasm import compare, parse_args, recover, save
+from ims.config import Config
+from ims.config import config_dir as config_dir_path
+from ims.errors import EXIT_CODE_TABLE, ConfigError, ImsError
+from ims.store.maildir import LayoutError, MaildirStore
+
+USAGE = """usage: imsasm -s [-nvb] [-t time] PATH...     save: one archive stream per PATH to stdout
+       imsasm -r [-nv] [PATH...]             recover: the stream on stdin into the store
+       imsasm -c [-nv] [PATH...]             compare: the stream on stdin with the store
+PATH is a placeholder of mkbackupdir's tree. The configuration directory is $IMS_CONFIG_DIR
+(else /etc/ims).
+"""
+
+
+def say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    prog = os.path.basename(sys.argv[0]) if argv is None else "imsasm"
+    if args and args[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE + "\n" + EXIT_CODE_TABLE + "\n")
+        return 0
+    try:
+        request = parse_args(args)
+        config = Config.load(config_dir_path(None))
+        try:
+            store = MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")
+        except LayoutError as exc:
+            raise ConfigError(f"{config.msg.path}: store.maildir.layout: {exc}") from None
+        if request.mode == "s":
+            if os.isatty(1) and not (request.dry_run or request.estimate):
+                raise ConfigError("refusing to write a save stream to a terminal")
+            return int(save(request, config, store, sys.stdout.fileno(), say))
+        if request.mode == "r":
+            return int(recover(request, config, store, sys.stdin.fileno(), say))
+        return int(compare(request, config, store, sys.stdin.fileno(), say))
+    except ImsError as exc:
+        say(f"{prog}: error: {exc}")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        say(f"{prog}: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

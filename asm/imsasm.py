@@ -1,0 +1,357 @@
+"""imsasm: NetWorker's standard ASM arguments -> placeholder paths -> backup or restore.
+
+``imsasm -s|-r|-c [options] PATH...``: the mode comes first (uasm(8)).  Each PATH is a
+placeholder of mkbackupdir's tree; it is translated into what it stands for — the server
+(the whole store), a group, a user, a mailbox, or a ``.d`` directory (a folder and its
+subfolders) — and:
+
+- ``-s`` writes one archive stream (our format) per PATH to stdout: one save record per
+  placeholder.  A mailbox placeholder saves that mailbox only, not its subfolders (they have
+  placeholders of their own).  The partition is the user's partition in the store.
+- ``-r`` reads one archive stream from stdin and restores it by the restore rules, limited
+  to what PATH stands for; for a user who is gone the partition comes from the stream.
+- ``-c`` reads a saved stream and compares it with the live store: messages missing from
+  the store, differing in bytes or flags, and messages the store has that the stream lacks.
+- ``-n`` dry run (save: resolve and check only; recover/compare: read and check the stream),
+  ``-v`` verbose, ``-b`` byte-count estimate (records, header bytes, data bytes).
+
+``local.store.backup.asmfilter`` (save) and ``local.store.backup.asmrecoverfilter``
+(recover), when set, are shell commands the stream passes through (Sun's imsasm used
+NetWorker's undocumented ``nsrfile`` there; see docs/networker.md for what is verified).
+
+Failure behaviour: usage errors exit 2 with one line; a path outside the backup directory,
+or one naming no user or folder any more, exits 2 before any stream is written, so NetWorker
+never records an empty save as complete; otherwise the backup and restore exit codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ims.archive import format as fmt
+from ims.archive.reader import ArchiveReader
+from ims.archive.writer import ArchiveWriter, RecordSink
+from ims.backup import BackupOptions, run_backup
+from ims.config import EVERYONE_GROUPS, Config
+from ims.errors import DeviceError, ExitCode, UnknownName, UsageError, most_serious
+from ims.mkbackupdir.layout import Placeholder, parse
+from ims.names import Scope, UserScope, in_folder
+from ims.restore import Pattern, RestoreOptions, Restorer
+from ims.store.maildir import MaildirStore
+
+SAVE_FLAGS = set("nvbeouxiEq")
+SAVE_WITH_VALUE = set("tfp")
+RECOVER_FLAGS = set("nvuq")
+RECOVER_WITH_VALUE = set("imzP")
+
+
+@dataclass
+class AsmRequest:
+    mode: str                         # s, r or c
+    dry_run: bool = False
+    verbose: bool = False
+    estimate: bool = False
+    values: dict[str, str] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> AsmRequest:
+    """uasm-style arguments: ``-s|-r|-c`` first, then flags (combinable), then paths."""
+    if not argv or argv[0][:2] not in ("-s", "-r", "-c"):
+        raise UsageError("the first argument must be -s (save), -r (recover) or -c (compare)")
+    request = AsmRequest(argv[0][1])
+    flags = SAVE_FLAGS if request.mode == "s" else RECOVER_FLAGS
+    with_value = SAVE_WITH_VALUE if request.mode == "s" else RECOVER_WITH_VALUE
+    args = [argv[0][2:] and "-" + argv[0][2:]] + argv[1:]
+    args = [a for a in args if a]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            request.paths.extend(args[i + 1:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            request.paths.append(arg)
+            i += 1
+            continue
+        letters = arg[1:]
+        for position, letter in enumerate(letters):
+            if letter in with_value:
+                value = letters[position + 1:] or (args[i + 1] if i + 1 < len(args) else None)
+                if value is None:
+                    raise UsageError(f"option -{letter} needs a value")
+                if not letters[position + 1:]:
+                    i += 1
+                request.values[letter] = value
+                break
+            if letter not in flags:
+                raise UsageError(f"unknown option -{letter} for imsasm -{request.mode}")
+            if letter == "n":
+                request.dry_run = True
+            elif letter == "v":
+                request.verbose = True
+            elif letter == "b":
+                request.estimate = True
+            elif letter == "o":
+                raise UsageError("-o (old-style NetWorker save stream) is not supported")
+        i += 1
+    if request.mode == "s" and not request.paths:
+        raise UsageError("imsasm -s needs at least one path")
+    return request
+
+
+@dataclass
+class Target:
+    path: str
+    placeholder: Placeholder
+    partition_form: bool          # Sun's /backup/<partition>/<group>/<user> tree
+
+
+class PathMapper:
+    """Placeholder paths <-> what they stand for, under the configured backup directory."""
+
+    def __init__(self, config: Config, store: MaildirStore) -> None:
+        self.config = config
+        self.store = store
+        self.server = config.msg.servername()
+        backupdir = config.msg.get("local.store.backupdir")
+        self.backupdir = Path(os.path.realpath(backupdir)) if backupdir else None
+
+    def _root_for(self, path: Path) -> Path:
+        if self.backupdir is not None:
+            return self.backupdir
+        # No local.store.backupdir: the tree's root is the parent of the server (or, in
+        # Sun's form, partition) directory on the way up.
+        for ancestor in path.parents:
+            if ancestor.name == self.server or ancestor.name in self.store.partition_dirs:
+                return ancestor.parent
+        raise UsageError(f"{path}: local.store.backupdir is not set and no server directory"
+                         f" {self.server!r} is above it")
+
+    def target(self, raw: str) -> Target:
+        path = Path(os.path.realpath(os.path.abspath(raw)))
+        root = self._root_for(path)
+        if path != root and root not in path.parents:
+            raise UsageError(f"{raw}: not under the backup directory {root}")
+        try:
+            placeholder = parse(list(path.relative_to(root).parts))
+        except ValueError as exc:
+            raise UsageError(f"{raw}: not a placeholder path: {exc}") from None
+        partition_form = placeholder.top != self.server and placeholder.top in self.store.partition_dirs
+        if not partition_form and placeholder.top != self.server:
+            raise UsageError(f"{raw}: {placeholder.top!r} is neither this server"
+                             f" ({self.server}) nor a partition")
+        if placeholder.group is not None and not self.config.groups.exists(placeholder.group):
+            raise UnknownName(f"{raw}: no backup group {placeholder.group!r}")
+        return Target(raw, placeholder, partition_form)
+
+    def scope(self, target: Target) -> tuple[Scope, str]:
+        """The users and folders a save of this placeholder covers, and its logical name."""
+        ph = target.placeholder
+        groups = self.config.groups
+        partitions = [ph.top] if target.partition_form else self.store.partitions()
+        users: list[UserScope] = []
+        for partition in partitions:
+            for user in self.store.users(partition):
+                if ph.user is not None and user != ph.user:
+                    continue
+                group = groups.group_of(user)
+                if ph.group is not None and ph.group not in EVERYONE_GROUPS and group != ph.group:
+                    continue
+                scope = UserScope(partition, user, group, folders=None)
+                if ph.folder is not None:
+                    existing = self.store.folders(partition, user)
+                    wanted = [f for f in existing if (in_folder(f, ph.folder) if ph.folder_prefix
+                                                      else f == ph.folder)]
+                    if not wanted:
+                        raise UnknownName(f"{target.path}: user {user!r} has no folder"
+                                          f" {ph.folder!r} any more")
+                    scope = UserScope(partition, user, group, folders={ph.folder},
+                                      named_folders={ph.folder}, exact=not ph.folder_prefix)
+                users.append(scope)
+        if ph.user is not None and not users:
+            raise UnknownName(f"{target.path}: no user {ph.user!r} in the store any more")
+        partition = users[0].partition if users else (ph.top if target.partition_form else "*")
+        return Scope(users, []), ph.logical_name(partition)
+
+    def pattern(self, target: Target) -> Pattern:
+        ph = target.placeholder
+        return Pattern(ph.top if target.partition_form else None, ph.group, ph.user, ph.folder)
+
+
+def save(request: AsmRequest, config: Config, store: MaildirStore, out_fd: int,
+         say: Callable[[str], None]) -> int:
+    mapper = PathMapper(config, store)
+    resolved = []
+    for raw in request.paths:
+        target = mapper.target(raw)
+        resolved.append((target, *mapper.scope(target)))   # every path checked before writing
+    if request.estimate:
+        records = header = data = 0
+        for target, scope, logical in resolved:
+            r, h, d = estimate(store, scope)
+            records, header, data = records + r, header + h, data + d
+        os.write(out_fd, f"{records} {header} {data}\n".encode())
+        return ExitCode.OK
+    codes = [ExitCode.OK]
+    for target, scope, logical in resolved:
+        if request.verbose:
+            say(f"imsasm -s {target.path} -> {logical} ({len(scope.users)} user(s))")
+        if request.dry_run:
+            continue
+        codes.append(_save_one(config, store, scope, logical, out_fd))
+    return most_serious(*codes)
+
+
+def _save_one(config: Config, store: MaildirStore, scope: Scope, logical: str, out_fd: int) -> int:
+    filter_command = config.msg.get("local.store.backup.asmfilter")
+    process = None
+    fd = out_fd
+    if filter_command:
+        process = subprocess.Popen(filter_command, shell=True, stdin=subprocess.PIPE, stdout=out_fd)
+        assert process.stdin is not None
+        fd = process.stdin.fileno()
+    try:
+        writer = ArchiveWriter(RecordSink(fd, fmt.DEFAULT_BLOCKING_FACTOR, "the save stream"))
+        report = run_backup(config, store, scope, writer, BackupOptions(names=(logical,)))
+    finally:
+        if process is not None:
+            assert process.stdin is not None
+            process.stdin.close()
+            if process.wait() != 0:
+                raise DeviceError(f"asmfilter {filter_command!r} exited {process.returncode}")
+    return ExitCode.SKIPPED if report.skipped else ExitCode.OK
+
+
+def estimate(store: MaildirStore, scope: Scope) -> tuple[int, int, int]:
+    """(records, header bytes, data bytes) of a save, from a listing and stat of each file."""
+    from ims.names import select_folders
+    records = header = data = 0
+    for user_scope in scope.users:
+        folders, _ = select_folders(user_scope, store.folders(user_scope.partition, user_scope.user), [])
+        records += 1
+        header += 2048
+        for folder in folders:
+            reader = store.open_folder(user_scope.partition, user_scope.user, folder)
+            try:
+                records += 1 + len(reader.state.messages)
+                header += 2048 + 60 * len(reader.state.messages)
+                for entry in reader.state.messages:
+                    opened = reader.open_message(entry)
+                    if opened is None:
+                        continue
+                    fd, st = opened
+                    os.close(fd)
+                    header += 1536
+                    data += st.st_size + (-st.st_size % fmt.BLOCK)
+            finally:
+                reader.close()
+    return records, header, data
+
+
+def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int,
+            say: Callable[[str], None]) -> int:
+    mapper = PathMapper(config, store)
+    patterns = tuple(mapper.pattern(mapper.target(raw)) for raw in request.paths) or (Pattern(),)
+    filter_command = config.msg.get("local.store.backup.asmrecoverfilter")
+    process = None
+    if filter_command:
+        process = subprocess.Popen(filter_command, shell=True, stdin=in_fd, stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        in_fd = process.stdout.fileno()
+    reader = ArchiveReader(in_fd, "the recover stream", fmt.DEFAULT_BLOCKING_FACTOR)
+    options = RestoreOptions(patterns=patterns, list_only=request.dry_run)
+    emit = say if request.verbose else None
+    report = Restorer(config, store, options, lambda message: True, emit).run(reader)
+    if process is not None and process.wait() != 0:
+        raise DeviceError(f"asmrecoverfilter {filter_command!r} exited {process.returncode}")
+    for line in report.damaged + report.locked + report.skipped:
+        say(f"imsasm: {line}")
+    if report.unresolved:
+        say(f"imsasm: {len(report.unresolved)} message(s) are links to data in another save"
+            " record; recover that record too, or save with imsbackup -i")
+    if request.paths and not report.matched and report.complete:
+        raise UnknownName(f"{' '.join(request.paths)}: not in the recover stream")
+    return report.exit_code()
+
+
+def compare(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int,
+            say: Callable[[str], None]) -> int:
+    """Compare a saved stream with the live store; exit 1 when they differ."""
+    reader = ArchiveReader(in_fd, "the compare stream", fmt.DEFAULT_BLOCKING_FACTOR)
+    reader.read_header()
+    differences: list[str] = []
+    folder_key = None
+    seen: dict[tuple[str, str, str], set[str]] = {}
+    data_of: dict[str, str] = {}
+    for member in reader.members():
+        if member.kind == fmt.FOLDER:
+            body = member.body
+            folder_key = (body["partition"], body["user"], body["folder"])
+            seen[folder_key] = set()
+            continue
+        if member.kind != fmt.MESSAGE or folder_key is None:
+            continue
+        key = member.pax.get("IMS.basename", "")
+        seen[folder_key].add(key)
+        sha = member.pax.get("IMS.sha256") or data_of.get(member.linkname)
+        if not member.is_link:
+            data_of[member.name] = sha or ""
+        if request.dry_run:
+            continue
+        live = _live_message(store, *folder_key, key)
+        where = f"/{folder_key[0]}/{folder_key[1]}/{folder_key[2]}/{key}"
+        if live is None:
+            differences.append(f"{where}: in the save, not in the store")
+            continue
+        path, flags = live
+        if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            differences.append(f"{where}: bytes differ")
+        if flags != member.pax.get("IMS.flags", ""):
+            differences.append(f"{where}: flags {member.pax.get('IMS.flags')} saved,"
+                               f" {flags} in the store")
+    if not request.dry_run:
+        for (partition, user, folder), keys in seen.items():
+            for key in _live_keys(store, partition, user, folder) - keys:
+                differences.append(f"/{partition}/{user}/{folder}/{key}: in the store, not in the save")
+    for line in differences:
+        say(f"imsasm: {line}")
+    if request.verbose:
+        say(f"imsasm: {len(differences)} difference(s)")
+    return ExitCode.SKIPPED if differences else ExitCode.OK
+
+
+def _live_keys(store: MaildirStore, partition: str, user: str, folder: str) -> set[str]:
+    try:
+        reader = store.open_folder(partition, user, folder)
+    except OSError:
+        return set()
+    try:
+        return {m.key for m in reader.state.messages}
+    finally:
+        reader.close()
+
+
+def _live_message(store: MaildirStore, partition: str, user: str, folder: str, key: str
+                  ) -> tuple[Path, str] | None:
+    try:
+        reader = store.open_folder(partition, user, folder)
+    except OSError:
+        return None
+    try:
+        for entry in reader.state.messages:
+            if entry.key == key:
+                return reader.path / entry.location, entry.flags
+        return None
+    finally:
+        reader.close()
+
+
+def stdout_fd() -> int:
+    return sys.stdout.fileno()
