@@ -1,0 +1,233 @@
+"""imsconfig: render NetWorker (and groups) configuration from the templates.
+
+``imsconfig res``       a savepnpc ``.res`` file for a save group (precmd runs mkbackupdir)
+``imsconfig nsradmin``  nsradmin input creating the NSR group and the NSR client
+``imsconfig groups``    a backup-groups.conf, from patterns or split by measured size
+
+NSR resource values are always written in double quotes with ``\\`` and ``"`` escaped, and
+every attribute ends with ``;`` (nsr_resource(5)).  Failure behaviour: bad arguments exit 2;
+an output file is written through a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import sys
+from pathlib import Path
+
+import click
+import jinja2
+
+from ims.cli.common import CommandResult, config_dir_option, epilog, run
+from ims.config import BackupGroups, Config
+from ims.config import config_dir as config_dir_path
+from ims.errors import ConfigError, ExitCode, UsageError
+from ims.store.maildir import LayoutError, MaildirStore
+
+PROG = "imsconfig"
+ALPHABET = string.digits + string.ascii_lowercase
+
+
+def nsr_quote(value: object) -> str:
+    text = str(value)
+    if "\n" in text:
+        raise UsageError(f"an NSR attribute value cannot span lines: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("ims.templates", "."),
+                             autoescape=False, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["nsr"] = nsr_quote
+    return env
+
+
+def render(name: str, **values: object) -> str:
+    return environment().get_template(name).render(**values)
+
+
+def write_output(text: str, output: str | None) -> None:
+    if output in (None, "-"):
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+
+
+def load(config_dir: str | None) -> tuple[Config, MaildirStore]:
+    config = Config.load(config_dir_path(config_dir))
+    try:
+        store = MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")
+    except LayoutError as exc:
+        raise ConfigError(f"{config.msg.path}: store.maildir.layout: {exc}") from None
+    return config, store
+
+
+@click.group(help="Render configuration for NetWorker and for backup groups.", epilog=epilog(),
+             context_settings={"help_option_names": ["--help"]})
+def command() -> None:
+    pass
+
+
+@command.command("res", help="A savepnpc .res file for /nsr/res/<GROUP>.res.")
+@click.option("--group", required=True, help="The NetWorker save group (the file's name).")
+@click.option("--mkbackupdir", "mkbackupdir_path", default="mkbackupdir", show_default=True,
+              help="The mkbackupdir command to run as precmd.")
+@click.option("--backupdir", help="-p for mkbackupdir (default: local.store.backupdir).")
+@click.option("--precmd", multiple=True, help="A further precmd (repeatable).")
+@click.option("--pstcmd", multiple=True, help="A pstcmd (repeatable; default /bin/true).")
+@click.option("--timeout", help='When the pstcmds run at the latest, e.g. "12:00pm" or "3 hours".')
+@click.option("--abort-precmd-with-group", type=click.Choice(["yes", "no"]))
+@click.option("-o", "output", metavar="FILE", help="Write to FILE (default: stdout).")
+@config_dir_option
+def res_command(group: str, mkbackupdir_path: str, backupdir: str | None, precmd: tuple[str, ...],
+                pstcmd: tuple[str, ...], timeout: str | None, abort_precmd_with_group: str | None,
+                output: str | None, config_dir: str | None) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", group):
+        raise UsageError(f"--group {group!r}: a NetWorker group name is letters, digits, . _ -")
+    if backupdir is None:
+        config = Config.load(config_dir_path(config_dir))
+        backupdir = config.msg.get("local.store.backupdir")
+        if not backupdir:
+            raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
+    run_mkbackupdir = f"{mkbackupdir_path} -p {backupdir}"
+    text = render("savepnpc.res.j2", precmds=[run_mkbackupdir, *precmd],
+                  pstcmds=list(pstcmd) or ["/bin/true"], timeout=timeout,
+                  abort_precmd_with_group=None if abort_precmd_with_group is None
+                  else abort_precmd_with_group == "yes")
+    write_output(text, output)
+    raise CommandResult(ExitCode.OK)
+
+
+@command.command("nsradmin", help="nsradmin input creating the NSR group and NSR client.")
+@click.option("--server", required=True, help="The NetWorker server.")
+@click.option("--client", help="The client's name (default: this host's name).")
+@click.option("--group", required=True, help="The NetWorker group.")
+@click.option("--schedule", default="Full Every Friday", show_default=True)
+@click.option("--browse-policy", default="Month", show_default=True)
+@click.option("--retention-policy", default="Quarter", show_default=True)
+@click.option("--parallelism", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--start-time", default="2:00", show_default=True)
+@click.option("--remote-access", default="", help="user@host allowed to recover.")
+@click.option("--backupdir", help="The placeholder tree's root (default: local.store.backupdir).")
+@click.option("-o", "output", metavar="FILE", help="Write to FILE (default: stdout).")
+@config_dir_option
+def nsradmin_command(server: str, client: str | None, group: str, schedule: str,
+                     browse_policy: str, retention_policy: str, parallelism: int,
+                     start_time: str, remote_access: str, backupdir: str | None,
+                     output: str | None, config_dir: str | None) -> None:
+    config, store = load(config_dir)
+    root = backupdir or config.msg.get("local.store.backupdir")
+    if not root:
+        raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
+    server_dir = Path(root) / config.msg.servername()
+    save_sets = [str(server_dir / name) for name in group_directories(config, store)]
+    text = render("nsradmin.j2", server=server, client=client or config.msg.servername(),
+                  group=group, save_sets=save_sets, schedule=schedule,
+                  browse_policy=browse_policy, retention_policy=retention_policy,
+                  parallelism=parallelism, start_time=start_time, remote_access=remote_access)
+    write_output(text, output)
+    raise CommandResult(ExitCode.OK)
+
+
+def group_directories(config: Config, store: MaildirStore) -> list[str]:
+    """The group directories mkbackupdir makes: custom groups with users, and ``ungrouped``
+    when some user matches none (``ALL`` without a groups file)."""
+    used = {config.groups.group_of(user) for p in store.partitions() for user in store.users(p)}
+    return [name for name in config.groups.names() if name in used]
+
+
+@command.command("groups", help="A backup-groups.conf from patterns, or split by size.")
+@click.option("--pattern", "patterns", multiple=True, metavar="NAME=REGEX",
+              help="A group as NAME=REGEX (repeatable).")
+@click.option("--split", type=click.IntRange(1, len(ALPHABET)), metavar="N",
+              help="Split the store's users into N groups of similar size.")
+@click.option("--prefix", default="group", show_default=True, help="Name prefix with --split.")
+@click.option("-o", "output", metavar="FILE", help="Write to FILE (default: stdout).")
+@config_dir_option
+def groups_command(patterns: tuple[str, ...], split: int | None, prefix: str,
+                   output: str | None, config_dir: str | None) -> None:
+    if bool(patterns) == bool(split):
+        raise UsageError("give either --pattern NAME=REGEX ... or --split N")
+    if patterns:
+        groups = []
+        for item in patterns:
+            name, sep, regex = item.partition("=")
+            if not sep:
+                raise UsageError(f"--pattern {item!r}: expected NAME=REGEX")
+            groups.append((name, regex, ""))
+        note = "from patterns"
+    else:
+        config, store = load(config_dir)
+        groups = split_by_size(measure(store), split, prefix)
+        note = f"{split} groups of similar size, measured from the store"
+    text = render("backup-groups.conf.j2", groups=groups, note=note)
+    BackupGroups.parse(text, Path(output or "<output>"))      # refuse to write a broken file
+    write_output(text, output)
+    raise CommandResult(ExitCode.OK)
+
+
+def measure(store: MaildirStore) -> dict[str, int]:
+    """Bytes of mail per user (the sum of message file sizes)."""
+    sizes: dict[str, int] = {}
+    for partition in store.partitions():
+        for user in store.users(partition):
+            total = 0
+            for dirpath, _dirs, files in os.walk(store.maildir(partition, user)):
+                if os.path.basename(dirpath) in ("cur", "new"):
+                    for name in files:
+                        try:
+                            total += os.lstat(os.path.join(dirpath, name)).st_size
+                        except FileNotFoundError:
+                            pass
+            sizes[user] = sizes.get(user, 0) + total + 1
+    return sizes
+
+
+def split_by_size(sizes: dict[str, int], count: int, prefix: str) -> list[tuple[str, str, str]]:
+    """Contiguous ranges of first characters (0-9, then a-z, case-insensitive) with similar
+    total size.  Ranges, not lists of IDs, so users created later find their group; IDs
+    starting with anything else fall in 'ungrouped'."""
+    weight = {ch: 0 for ch in ALPHABET}
+    for user, size in sizes.items():
+        first = user[:1].lower()
+        if first in weight:
+            weight[first] += size
+    total = sum(weight.values()) or 1
+    ranges: list[list[str]] = [[]]
+    running = 0
+    for index, ch in enumerate(ALPHABET):
+        left = len(ALPHABET) - index
+        groups_left = count - len(ranges)
+        if ranges[-1] and groups_left > 0 and (running >= total * len(ranges) / count
+                                               or left <= groups_left):
+            ranges.append([])
+        ranges[-1].append(ch)
+        running += weight[ch]
+    result = []
+    for number, chars in enumerate(ranges, 1):
+        low, high = chars[0], chars[-1]
+        cls = low if low == high else f"{low}-{high}"
+        if low.isdigit() != high.isdigit():
+            cls = f"{low}-9a-{high}"
+        size = sum(weight[c] for c in chars)
+        users = sum(1 for u in sizes if u[:1].lower() in chars)
+        result.append((f"{prefix}{number}", f"(?i)[{cls}].*",
+                       f"{users} users, {size * 100 // total} % of the mail today"))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
