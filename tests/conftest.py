@@ -89,3 +89,21 @@ def dovecot():
         server.stop()
         if not os.environ.get("IMS_TEST_KEEP"):   # keep the instance's files to debug
             shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def networker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The NetWorker stand-in's programs in a bin directory, with imsasm linked beside them
+    (NetWorker runs an external ASM only from the directory of its own save/recover)."""
+    bin_dir = tmp_path / "nsr-bin"
+    bin_dir.mkdir()
+    for name in ("save", "recover", "savepnpc", "nsradmin", "savegrp"):
+        script = bin_dir / name
+        script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(TESTS / 'networker')!r})\n"
+                          "import standin\nsys.exit(standin.main())\n")
+        script.chmod(0o755)
+    os.symlink(command("imsasm"), bin_dir / "imsasm")
+    for variable, sub in (("NSR_STATE", "nsr-state"), ("NSR_RES", "nsr-res"), ("NSR_TMP", "nsr-tmp")):
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(variable, str(tmp_path / sub))
+    return bin_dir
