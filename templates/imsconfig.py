@@ -175,6 +175,61 @@ def groups_command(patterns: tuple[str, ...], split: int | None, prefix: str,
     raise CommandResult(ExitCode.OK)
 
 
+@command.command("bacula", help="Bacula FileSets and Jobs (bpipe), one per (partition, group).")
+@click.option("--client", required=True, help="The Bacula Client resource of this host.")
+@click.option("--storage", required=True, help="The director's Storage resource.")
+@click.option("--pool", required=True, help="The Pool the jobs write to.")
+@click.option("--messages", default="Standard", show_default=True)
+@click.option("--schedule", help="A Schedule resource for the jobs.")
+@click.option("--jobdefs", default="ims-mail", show_default=True, help="Name of the JobDefs written.")
+@click.option("--max-jobs", type=click.IntRange(1), default=4, show_default=True,
+              help="Maximum Concurrent Jobs of the JobDefs.")
+@click.option("--state-dir", default="/var/lib/ims/bacula", show_default=True,
+              help="Where each group's job state lives on the client.")
+@click.option("--imsbackup", "imsbackup_path", help="Path of imsbackup on the client"
+              " (default: the one beside this imsconfig).")
+@click.option("--imsrestore", "imsrestore_path", help="Path of imsrestore on the client.")
+@click.option("-o", "output", metavar="FILE", help="Write to FILE (default: stdout).")
+@config_dir_option
+def bacula_command(client: str, storage: str, pool: str, messages: str, schedule: str | None,
+                   jobdefs: str, max_jobs: int, state_dir: str, imsbackup_path: str | None,
+                   imsrestore_path: str | None, output: str | None, config_dir: str | None) -> None:
+    config, store = load(config_dir)
+    here = Path(sys.argv[0]).resolve().parent
+    imsbackup = imsbackup_path or str(here / "imsbackup")
+    imsrestore = imsrestore_path or str(here / "imsrestore")
+    config_arg = f" --config-dir {config_dir}" if config_dir else ""
+    for name in (client, storage, pool, messages, jobdefs, schedule or "x"):
+        # unquoted in the resources: quoted names kept Bacula 9.6 from running jobs concurrently
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise UsageError(f"{name!r}: a Bacula resource name here is letters, digits, . _ -")
+    for value in (imsbackup, imsrestore, state_dir, config_arg):
+        # bpipe splits its string at ':' and Bacula's quoting cannot hold '"'
+        if ":" in value or '"' in value or "\n" in value:
+            raise UsageError(f"{value!r}: a bpipe command line cannot hold ':' or '\"'")
+    groups = []
+    for partition in store.partitions():
+        used = []
+        for user in store.users(partition):
+            group = config.groups.group_of(user)
+            if group not in used:
+                used.append(group)
+        for group in sorted(used):
+            logical = f"/{partition}/{group}"
+            state = f"{state_dir}/{partition}-{group}"
+            groups.append({
+                "partition": partition, "group": group, "state": state,
+                "fileset": f"ims-{partition}-{group}", "job": f"ims-backup-{partition}-{group}",
+                "reader": f"{imsbackup}{config_arg} -f - --job-state {state} {logical}",
+                "writer": f"{imsrestore}{config_arg} -f - --where=%w {logical}",
+            })
+    text = render("bacula.conf.j2", groups=groups, client=client, storage=storage, pool=pool,
+                  messages=messages, schedule=schedule, jobdefs=jobdefs, max_jobs=max_jobs,
+                  imsbackup=imsbackup, config_arg=config_arg)
+    write_output(text, output)
+    raise CommandResult(ExitCode.OK)
+
+
 def measure(store: MaildirStore) -> dict[str, int]:
     """Bytes of mail per user (the sum of message file sizes)."""
     sizes: dict[str, int] = {}

@@ -107,3 +107,9 @@ def networker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(variable, str(tmp_path / sub))
     return bin_dir
+
+
+def bacula_available() -> bool:
+    return all(Path(p).exists() for p in ("/usr/sbin/bacula-dir", "/usr/sbin/bacula-sd",
+                                          "/usr/sbin/bacula-fd", "/usr/sbin/bconsole",
+                                          "/usr/lib/bacula/bpipe-fd.so", "/usr/bin/sqlite3"))

@@ -401,3 +401,18 @@ class ArchiveIndex:
             if (extent.partition, extent.user, extent.folder) == (partition, user, folder):
                 return extent
         return None
+
+
+def peek_header(data: bytes) -> dict[str, Any] | None:
+    """The header member's JSON from the first bytes of a stream, or None."""
+    try:
+        head = fmt.parse_ustar(data[:fmt.BLOCK])
+        position = fmt.BLOCK
+        if head["typeflag"] == fmt.PAX:
+            position += head["size"] + len(fmt.padding(head["size"]))
+            head = fmt.parse_ustar(data[position:position + fmt.BLOCK])
+            position += fmt.BLOCK
+        body = json.loads(data[position:position + head["size"]])
+    except (fmt.FormatError, ValueError):
+        return None
+    return body if isinstance(body, dict) and body.get("format") == fmt.FORMAT_NAME else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog,
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import ConfigError, ExitCode, UsageError, most_serious
+from ims import jobstate
 from ims.names import resolve, validate_encoding
+from ims.staging import stage
 from ims.store.maildir import LayoutError, MaildirStore
 
 PROG = "imsbackup"
@@ -66,7 +69,7 @@ def read_names_file(path: str) -> list[str]:
 
 @click.command(help=HELP, epilog=epilog(EXTRA),
                context_settings={"help_option_names": ["--help"], "max_content_width": 100})
-@click.option("-f", "device", required=True, metavar="FILE|-", help="Archive file, device, or - for stdout.")
+@click.option("-f", "device", metavar="FILE|-", help="Archive file, device, or - for stdout.")
 @click.option("-b", "blocking", type=click.IntRange(1, fmt.MAX_BLOCKING_FACTOR),
               default=fmt.DEFAULT_BLOCKING_FACTOR, show_default=True,
               help="Blocking factor: writes are 512 x N bytes.")
@@ -82,16 +85,45 @@ def read_names_file(path: str) -> list[str]:
 @click.option("-x", "ignore_exclusions", is_flag=True, help="Ignore local.store.backup.exclude.")
 @click.option("-l", "autoload", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (stderr when -f -).")
+@click.option("--staging", metavar="DIR", help="One archive per (partition, group) of the names, in DIR.")
+@click.option("-j", "jobs", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="With --staging: groups backed up at the same time.")
+@click.option("--job-state", metavar="DIR", help="Level and since-time from DIR (Bacula bpipe reader).")
+@click.option("--job-begin", metavar="DIR", help="Start a job: record --level in DIR and stop.")
+@click.option("--level", metavar="LEVEL", help="With --job-begin: Full, Incremental or Differential.")
+@click.option("--job-end", metavar="DIR", help="End a job: exit 1 unless its reader succeeded.")
 @config_dir_option
 @click.argument("names", nargs=-1)
-def command(device: str, blocking: int, since: str | None, encoding: str, names_file: str | None,
-            link_min: int, full_copies: bool, verbose: bool, debug: bool, ignore_exclusions: bool,
-            autoload: bool, as_json: bool, config_dir: str | None, names: tuple[str, ...]) -> None:
+def command(device: str | None, blocking: int, since: str | None, encoding: str,
+            names_file: str | None, link_min: int, full_copies: bool, verbose: bool, debug: bool,
+            ignore_exclusions: bool, autoload: bool, as_json: bool, staging: str | None, jobs: int,
+            job_state: str | None, job_begin: str | None, level: str | None,
+            job_end: str | None, config_dir: str | None, names: tuple[str, ...]) -> None:
+    if job_begin:
+        jobstate.begin(job_begin, level or "")
+        raise CommandResult(ExitCode.OK)
+    if job_end:
+        if not jobstate.end(job_end):
+            click.echo(f"{PROG}: error: {job_end}: the reader of this job did not succeed (no"
+                       " success marker): the backup is not complete, see the job log", err=True)
+            raise CommandResult(ExitCode.SKIPPED)
+        raise CommandResult(ExitCode.OK)
+    if staging and device:
+        raise UsageError("--staging writes its own files: give it without -f")
+    if not staging and not device:
+        raise UsageError("-f FILE|- is required (or --staging DIR)")
     encoding = validate_encoding(encoding)
     all_names = list(names) + (read_names_file(names_file) if names_file else [])
     if not all_names:
         raise UsageError("no logical name given (use / for the whole store)")
     since_epoch = parse_since(since) if since else None
+    if job_state:
+        if since:
+            raise UsageError("--job-state decides the since-time itself: no -d with it")
+        job_level, since_epoch, note = jobstate.plan(job_state)
+        since = None if since_epoch is None else time.strftime("%Y%m%d:%H%M%S",
+                                                               time.localtime(since_epoch))
+        click.echo(f"{PROG}: {job_state}: {note}", err=True)
     config = Config.load(config_dir_path(config_dir))
     if debug:
         log_path = setup_debug_log(config.logdir(), PROG)
@@ -107,6 +139,9 @@ def command(device: str, blocking: int, since: str | None, encoding: str, names_
     options = BackupOptions(names=tuple(all_names), since=since_epoch, since_text=since,
                             link_min=link_min, full_copies=full_copies,
                             ignore_exclusions=ignore_exclusions, blocking_factor=blocking)
+    if staging:
+        raise CommandResult(_stage(store, scope, Path(staging), jobs, blocking, since, link_min,
+                                   full_copies, ignore_exclusions, config_dir, as_json))
 
     output = open_output(device)
     sink = RecordSink(output.fd, blocking, device if device != "-" else "stdout")
@@ -134,7 +169,35 @@ def command(device: str, blocking: int, since: str | None, encoding: str, names_
                    f" in {report.seconds:.1f} s", err=True)
     if as_json:
         emit_json(summary(report, code), to_stderr=output.is_stdout)
+    if job_state and code == ExitCode.OK:
+        jobstate.succeeded(job_state)
     raise CommandResult(code)
+
+
+def _stage(store: MaildirStore, scope, directory: Path, jobs: int, blocking: int,
+           since: str | None, link_min: int, full_copies: bool, ignore_exclusions: bool,
+           config_dir: str | None, as_json: bool) -> int:
+    args = ["-b", str(blocking), "-m", str(link_min)]
+    args += ["-d", since] if since else []
+    args += ["-i"] if full_copies else []
+    args += ["-x"] if ignore_exclusions else []
+    env = dict(os.environ)
+    if config_dir:
+        env["IMS_CONFIG_DIR"] = config_dir
+    report = stage(store, scope, directory, jobs, args, env)
+    for group in report.groups:
+        state = "ok" if group.exit_code == 0 else f"exit {group.exit_code}: {group.error}"
+        click.echo(f"{PROG}: /{group.partition}/{group.group} -> {group.path}"
+                   f" ({group.bytes >> 20} MiB, {group.seconds:.1f} s) {state}", err=True)
+    code = report.exit_code()
+    if as_json:
+        emit_json({"exit_code": code, "seconds": round(report.seconds, 3),
+                   "estimated_bytes": report.estimated, "free_bytes": report.free,
+                   "groups": [{"partition": g.partition, "group": g.group, "file": str(g.path),
+                               "exit_code": g.exit_code, "bytes": g.bytes,
+                               "seconds": round(g.seconds, 3), "error": g.error}
+                              for g in report.groups]}, to_stderr=False)
+    return code
 
 
 def _progress_printer(verbose: bool, on_terminal: bool):

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ims.archive import format as fmt
-from ims.archive.reader import ArchiveReader
+from ims.archive.reader import ArchiveReader, peek_header
 from ims.chain import MergedStream, build_plan
 from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog, run,
                             setup_debug_log, warn)
@@ -61,16 +61,26 @@ def make_decider(answer: str | None, input_is_stdin: bool):
 
 
 def copy_to_where(fd: int, where: Path, names: tuple[str, ...]) -> Path:
-    """--where DIR: store the stream unchanged in DIR, named after the logical name."""
+    """--where DIR: store the stream unchanged in DIR, named after the logical name and the
+    backup's time and kind, so that a full backup and its incrementals restored into one
+    DIR sit side by side in order: ``<name>.<YYYYmmdd-HHMMSS>.<full|incr>.ims``."""
     label = "_".join(n.strip("/").replace("/", "_") or "all" for n in names) or "all"
     target = where / f"{label}.ims"
     try:
         where.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(target.name + ".partial")
-        with open(temp, "wb") as out, open(fd, "rb", closefd=False) as source:
-            shutil.copyfileobj(source, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        with open(fd, "rb", closefd=False) as source:
+            first = source.read(1 << 16)
+            header = peek_header(first) or {}
+            stamp = time.strftime("%Y%m%d-%H%M%S",
+                                  time.localtime(header.get("created") or time.time()))
+            kind = "incr" if header.get("since") else "full"
+            target = where / f"{label}.{stamp}.{kind}.ims"
+            temp = target.with_name(target.name + ".partial")
+            with open(temp, "wb") as out:
+                out.write(first)
+                shutil.copyfileobj(source, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temp, target)
     except OSError as exc:
         raise DeviceError(f"{target}: {exc.strerror}") from None

@@ -200,7 +200,7 @@ def test_where_stores_the_stream_and_new_sibling(fresh_store, tmp_path):
     result = restore(fresh_store, "-f", "-", "--where", str(tmp_path / "side"),
                      f"/primary/user/{user}", data=data)
     assert result.returncode == 0
-    stored = tmp_path / "side" / f"primary_user_{user}.ims"
+    stored = next((tmp_path / "side").glob(f"primary_user_{user}.*.full.ims"))
     assert stored.read_bytes() == data
     maildir = fresh_store / "partitions" / "primary" / user / "Maildir"
     before = messages(maildir)
