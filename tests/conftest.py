@@ -6,6 +6,7 @@ of skipping it, so a green run always means the real parts were exercised.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -113,3 +114,16 @@ def bacula_available() -> bool:
     return all(Path(p).exists() for p in ("/usr/sbin/bacula-dir", "/usr/sbin/bacula-sd",
                                           "/usr/sbin/bacula-fd", "/usr/sbin/bconsole",
                                           "/usr/lib/bacula/bpipe-fd.so", "/usr/bin/sqlite3"))
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tiny file system that fills up (a full disk, as root can make one)."""
+    require(os.geteuid() == 0, "root to mount a small tmpfs")
+    path.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+    require(mounted.returncode == 0, "mount -t tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from archive_reader import Incomplete, read_archive
-from conftest import command, require, run_cmd
+from conftest import command, require, run_cmd, small_tmpfs
 
 from ims.cli import imsbackup
 
@@ -114,12 +114,7 @@ def test_unwritable_devices_exit_6(sample_store, tmp_path):
 
 
 def test_disk_full_leaves_no_archive_that_looks_complete(sample_store, tmp_path):
-    require(os.geteuid() == 0, "root to mount a small tmpfs")
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)])
-    require(mounted.returncode == 0, "mount -t tmpfs")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount_point:
         target = mount_point / "full.ims"
         result = run_cmd("imsbackup", "-f", str(target), "/", config_dir=sample_store / "config")
         assert result.returncode == 6
@@ -129,8 +124,6 @@ def test_disk_full_leaves_no_archive_that_looks_complete(sample_store, tmp_path)
         assert partial.exists() and str(partial) in result.stderr.decode()
         with pytest.raises(Incomplete):
             read_archive(partial.read_bytes())
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_a_failed_run_keeps_the_previous_archive(sample_store, tmp_path):

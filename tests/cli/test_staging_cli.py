@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 from archive_reader import read_archive
-from conftest import require, run_cmd
+from conftest import run_cmd, small_tmpfs
 
 
 def test_staging_writes_one_complete_archive_per_group(sample_store, tmp_path):
@@ -47,18 +47,11 @@ def test_staging_restore_one_user(fresh_store, tmp_path):
 
 
 def test_staging_refuses_to_start_without_space(sample_store, tmp_path):
-    require(os.geteuid() == 0, "root to mount a small tmpfs")
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)])
-    require(mounted.returncode == 0, "mount -t tmpfs")
-    try:
+    with small_tmpfs(tmp_path / "small", "256k") as small:
         result = run_cmd("imsbackup", "--staging", str(small), "/", config_dir=sample_store / "config")
         assert result.returncode == 6
         assert b"nothing was written" in result.stderr and b"MiB free" in result.stderr
         assert os.listdir(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_staging_usage_errors(sample_store, tmp_path):

@@ -125,3 +125,22 @@ def hold_uidlist_lock(folder_dir: Path) -> Path:
 
 def since_arg(epoch: float) -> str:
     return time.strftime("%Y%m%d:%H%M%S", time.localtime(epoch))
+
+
+def imap_snapshot(dovecot, user: str) -> dict:
+    """What an IMAP client sees of a user: per folder UIDVALIDITY, UIDNEXT and every
+    message's UID, flags, keywords, INTERNALDATE and bytes; and the subscriptions."""
+    client = dovecot.imap(user)
+    try:
+        result = {}
+        for folder in imap_folders(client):
+            status, messages = imap_messages(client, folder)
+            result[folder] = {
+                "uidvalidity": status["UIDVALIDITY"], "uidnext": status["UIDNEXT"],
+                "messages": {m["uid"]: (m["flags"], tuple(m["keywords"]), m["internaldate"],
+                                        m["body"]) for m in messages}}
+        typ, data = client.lsub('""', "*")
+        result["<subscribed>"] = sorted(line.decode().rsplit(" ", 1)[-1] for line in data if line)
+        return result
+    finally:
+        client.logout()

@@ -16,23 +16,12 @@ from pathlib import Path
 import pytest
 from archive_reader import read_archive
 from conftest import bacula_available, command, require, run_cmd
-from helpers import imap_folders, imap_messages, write_config
+from helpers import imap_snapshot as snapshot
+from helpers import write_config
 
 USERS = {"amy": "primary", "bert": "primary", "mia": "primary", "7up": "secondary"}
 
 
-def snapshot(dovecot, user: str) -> dict:
-    client = dovecot.imap(user)
-    try:
-        result = {}
-        for folder in imap_folders(client):
-            status, messages = imap_messages(client, folder)
-            result[folder] = (status["UIDVALIDITY"], status["UIDNEXT"],
-                              {m["uid"]: (m["flags"], tuple(m["keywords"]), m["body"])
-                               for m in messages})
-        return result
-    finally:
-        client.logout()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TESTS, command, run_cmd
-from helpers import imap_folders, imap_messages, write_config
+from helpers import imap_snapshot as snapshot
+from helpers import write_config
 
 sys.path.insert(0, str(TESTS / "networker"))
 import standin  # noqa: E402
@@ -21,17 +22,6 @@ import standin  # noqa: E402
 USERS = {"amy": "primary", "mike": "primary", "9zed": "secondary"}
 
 
-def snapshot(dovecot, user: str) -> dict:
-    client = dovecot.imap(user)
-    try:
-        result = {}
-        for folder in imap_folders(client):
-            status, messages = imap_messages(client, folder)
-            result[folder] = (status["UIDVALIDITY"], status["UIDNEXT"],
-                              {m["uid"]: (m["flags"], tuple(m["keywords"]), m["body"]) for m in messages})
-        return result
-    finally:
-        client.logout()
 
 
 @pytest.fixture(scope="module")

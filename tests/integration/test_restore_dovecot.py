@@ -11,7 +11,8 @@ import time
 
 import pytest
 from conftest import command, run_cmd
-from helpers import imap_folders, imap_messages, write_config
+from helpers import imap_snapshot as snapshot
+from helpers import write_config
 
 USERS = {"ann": "primary", "ben": "primary", "7cat": "secondary", "dora": "primary",
          "eve": "secondary", "fred": "primary"}
@@ -22,22 +23,6 @@ def mail(n: int, note: str = "") -> bytes:
     return f"From: s{n}@example.org\r\nSubject: r{n} {note}\r\nMessage-ID: <r{n}@t>\r\n\r\n{lines}".encode()
 
 
-def snapshot(dovecot, user: str) -> dict:
-    """What an IMAP client sees: per folder UIDVALIDITY, UIDNEXT and every message."""
-    client = dovecot.imap(user)
-    try:
-        result = {}
-        for folder in imap_folders(client):
-            status, messages = imap_messages(client, folder)
-            result[folder] = {
-                "uidvalidity": status["UIDVALIDITY"], "uidnext": status["UIDNEXT"],
-                "messages": {m["uid"]: (m["flags"], tuple(m["keywords"]), m["internaldate"],
-                                        m["body"]) for m in messages}}
-        typ, data = client.lsub('""', "*")
-        result["<subscribed>"] = sorted(line.decode().rsplit(" ", 1)[-1] for line in data if line)
-        return result
-    finally:
-        client.logout()
 
 
 @pytest.fixture(scope="module")
