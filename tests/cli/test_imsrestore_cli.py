@@ -238,3 +238,44 @@ def test_continue_answer_given_in_advance(fresh_store, tmp_path):
     went_on = restore(fresh_store, "-c", "y", "-f", "-", "--json", data=bytes(data))
     assert len(json.loads(went_on.stdout)["damaged"]) == 2
     assert json.loads(went_on.stdout)["messages"] > json.loads(stopped.stdout)["messages"]
+
+
+def test_killed_restore_into_an_existing_folder_run_again(fresh_store, tmp_path):
+    """Rule 2 killed between batches, then run again: every message once, one UID each."""
+    import signal
+    import time
+    user = first_user(fresh_store)
+    maildir = fresh_store / "partitions" / "primary" / user / "Maildir"
+    data = backup(fresh_store, f"/primary/user/{user}/INBOX")
+    originals = {p.name.split(":")[0] for sub in ("cur", "new") for p in (maildir / sub).iterdir()}
+    assert len(originals) >= 4
+    keep = sorted(originals)[0]
+    for sub in ("cur", "new"):
+        for path in (maildir / sub).iterdir():
+            if path.name.split(":")[0] != keep:
+                path.unlink()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    env = dict(os.environ, IMS_CONFIG_DIR=str(fresh_store / "config"))
+    from conftest import command
+    proc = subprocess.Popen([command("imsrestore"), "--batch", "1", "-f", str(fifo)], env=env,
+                            stderr=subprocess.PIPE)
+    with open(fifo, "wb") as pipe:
+        pipe.write(data[:len(data) * 2 // 3])
+        pipe.flush()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partial = {p.name.split(":")[0] for sub in ("cur", "new") for p in (maildir / sub).iterdir()}
+    assert {keep} < partial < originals                           # killed halfway
+    assert restore(fresh_store, "-f", "-", data=data).returncode == 0
+    files = [p.name.split(":")[0] for sub in ("cur", "new") for p in (maildir / sub).iterdir()]
+    assert sorted(files) == sorted(originals)                     # each message once
+    lines = [line for line in (maildir / "dovecot-uidlist").read_text().splitlines()[1:] if line]
+    listed = [line.split(":", 1)[1] for line in lines]
+    uids = [int(line.split()[0]) for line in lines]
+    assert sorted(set(listed) & originals) == sorted(originals)
+    assert len([name for name in listed if name in originals]) == len(originals)   # one line each
+    assert len(uids) == len(set(uids))
+    assert not (maildir / "dovecot-uidlist.lock").exists()
+    assert not [p for p in (maildir / "tmp").iterdir()]
