@@ -221,6 +221,7 @@ class Restorer:
         self._folder_selected = False
         self._backup_date = ""
         self._counter = 0
+        self._partition_owners: dict[str, Owner] = {}
 
     # -- driving ---------------------------------------------------------------------
 
@@ -367,14 +368,21 @@ class Restorer:
                     return Owner(st.st_uid, st.st_gid)
             except FileNotFoundError:
                 continue
-        for other in self.store.users(partition):
-            try:
-                st = os.stat(self.store.maildir(partition, other))
-                return Owner(st.st_uid, st.st_gid)
-            except OSError:
-                continue
-        st = os.stat(self.store.partition_dirs[partition])
-        return Owner(st.st_uid, st.st_gid)
+        if partition not in self._partition_owners:
+            # the owner the partition's other users share (listed once per partition)
+            owner = None
+            for other in self.store.users(partition):
+                try:
+                    st = os.stat(self.store.maildir(partition, other))
+                    owner = Owner(st.st_uid, st.st_gid)
+                    break
+                except OSError:
+                    continue
+            if owner is None:
+                st = os.stat(self.store.partition_dirs[partition])
+                owner = Owner(st.st_uid, st.st_gid)
+            self._partition_owners[partition] = owner
+        return self._partition_owners[partition]
 
     def _open_folder(self, state: dict[str, Any]) -> None:
         self._folder_selected = False

@@ -197,21 +197,25 @@ def _ascii_fallback(raw: bytes) -> bytes:
 def parse_pax(payload: bytes) -> dict[str, str]:
     result: dict[str, str] = {}
     pos = 0
-    while pos < len(payload):
-        space = payload.find(b" ", pos)
+    size = len(payload)
+    find = payload.find
+    while pos < size:
+        space = find(b" ", pos)
         if space < 0:
             raise FormatError("pax record without length")
         try:
             length = int(payload[pos:space])
         except ValueError:
             raise FormatError("pax record length is not a number") from None
-        if length <= 0 or pos + length > len(payload) or payload[pos + length - 1:pos + length] != b"\n":
+        end = pos + length
+        if length <= 0 or end > size or payload[end - 1] != 10:
             raise FormatError("pax record length out of range")
-        key, eq, value = payload[space + 1:pos + length - 1].partition(b"=")
-        if not eq:
+        equals = find(b"=", space, end)
+        if equals < 0:
             raise FormatError("pax record without '='")
-        result[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        result[payload[space + 1:equals].decode("utf-8", "surrogateescape")] = \
+            payload[equals + 1:end - 1].decode("utf-8", "surrogateescape")
+        pos = end
     return result
 
 
@@ -231,6 +235,31 @@ def parse_ustar(block: bytes) -> dict[str, object]:
         "linkname": fields[8].rstrip(b"\0").decode("utf-8", "surrogateescape"),
         "magic": fields[9],
     }
+
+
+def parse_header_fast(block: bytes) -> tuple[bytes, int, int]:
+    """(typeflag, size, mtime) of a ustar header, checksum checked: the reader's hot path,
+    which needs names only when no pax ``path`` gave them (``header_names``)."""
+    if len(block) != BLOCK:
+        raise FormatError("short header block")
+    try:
+        stored = int(block[148:156].strip(b"\0 ") or b"0", 8)
+        size = int(block[124:136].strip(b"\0 ") or b"0", 8)
+        mtime = int(block[136:148].strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise FormatError("bad octal field") from None
+    if stored != sum(block[:148]) + 256 + sum(block[156:]):
+        raise FormatError("header checksum mismatch")
+    return block[156:157], size, mtime
+
+
+def header_names(block: bytes) -> tuple[str, str]:
+    """(name with its prefix, linkname) of a ustar header."""
+    name = block[0:100].split(b"\0", 1)[0]
+    prefix = block[345:500].split(b"\0", 1)[0]
+    full = prefix + b"/" + name if prefix else name
+    link = block[157:257].split(b"\0", 1)[0]
+    return full.decode("utf-8", "surrogateescape"), link.decode("utf-8", "surrogateescape")
 
 
 def _octal(field: bytes) -> int:

@@ -127,26 +127,33 @@ class ArchiveReader:
         header_bytes = [block]
         pax: dict[str, str] = {}
         try:
-            head = fmt.parse_ustar(block)
-            if head["typeflag"] == fmt.PAX:
-                if head["size"] > MAX_PAX_PAYLOAD:
-                    raise fmt.FormatError(f"pax header of {head['size']} bytes")
-                raw = self._read(head["size"] + len(fmt.padding(head["size"])))
+            typeflag, size, mtime = fmt.parse_header_fast(block)
+            if typeflag == fmt.PAX:
+                if size > MAX_PAX_PAYLOAD:
+                    raise fmt.FormatError(f"pax header of {size} bytes")
+                raw = self._read(size + (-size % fmt.BLOCK))
                 header_bytes.append(raw)
-                pax = fmt.parse_pax(raw[:head["size"]])
+                pax = fmt.parse_pax(raw[:size])
                 block = self._read(fmt.BLOCK)
                 header_bytes.append(block)
-                head = fmt.parse_ustar(block)
-                if head["typeflag"] == fmt.PAX:
+                typeflag, size, mtime = fmt.parse_header_fast(block)
+                if typeflag == fmt.PAX:
                     raise fmt.FormatError("two pax headers in a row")
-            size = int(pax["size"]) if "size" in pax else head["size"]
-            mtime = int(pax["mtime"]) if "mtime" in pax else head["mtime"]
+            if "size" in pax:
+                size = int(pax["size"])
+            if "mtime" in pax:
+                mtime = int(pax["mtime"])
+            if "path" in pax and (typeflag != fmt.HARDLINK or "linkpath" in pax):
+                name, linkname = pax["path"], pax.get("linkpath", "")
+            else:
+                name, linkname = fmt.header_names(block)
+                name = pax.get("path", name)
+                linkname = pax.get("linkpath", linkname)
         except (fmt.FormatError, ValueError) as exc:
             raise ArchiveDamaged(f"{self.device_name}: damaged header at byte {start}: {exc}") from None
         if size < 0:
             raise ArchiveDamaged(f"{self.device_name}: negative size at byte {start}")
-        member = Member(pax.get("path", head["name"]), head["typeflag"], size, mtime,
-                        pax.get("linkpath", head["linkname"]), pax, start, self.offset)
+        member = Member(name, typeflag, size, mtime, linkname, pax, start, self.offset)
         is_message_data = member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR
         if member.kind != fmt.TRAILER:
             for part in header_bytes:

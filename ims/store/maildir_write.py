@@ -121,11 +121,14 @@ def make_maildir(path: Path, owner: Owner, marker: bool) -> None:
         os.close(fd)
 
 
-def write_file(directory: Path, name: str, data: bytes | memoryview, mtime: int | None,
-               owner: Owner, sync: bool = False) -> Path:
-    """Create ``directory/name`` exclusively (never through a symlink) with ``data``."""
-    path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def write_file(directory: Path | int, name: str, data: bytes | memoryview, mtime: int | None,
+               owner: Owner, sync: bool = False) -> str:
+    """Create ``directory/name`` exclusively (never through a symlink) with ``data``;
+    ``directory`` may be an open directory descriptor (the fast path of a restore)."""
+    dir_fd = directory if isinstance(directory, int) else None
+    path = name if dir_fd is not None else os.path.join(directory, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                 dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:
@@ -138,7 +141,7 @@ def write_file(directory: Path, name: str, data: bytes | memoryview, mtime: int 
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
         raise
     os.close(fd)
     return path
@@ -148,7 +151,7 @@ def replace_file(directory: Path, name: str, text: str, owner: Owner) -> None:
     """Write a small control file through a temporary name and rename (Dovecot's rule)."""
     temp = f".{name}.ims-{os.getpid()}"
     path = write_file(directory, temp, text.encode("utf-8"), None, owner)
-    os.replace(path, directory / name)
+    os.replace(path, os.path.join(directory, name))
 
 
 def file_name(message: Message, letters: dict[str, str]) -> tuple[str, str]:
@@ -184,6 +187,9 @@ class NewFolder:
         self.placed: list[tuple[Message, str]] = []   # message, "cur/<name>" in the aside dir
         clean_stale(aside.parent)
         make_maildir(aside, owner, marker=not is_inbox)
+        # descriptors stay valid when the folder is renamed into place
+        self._dir_fds = {sub: os.open(aside / sub, os.O_RDONLY | os.O_DIRECTORY)
+                         for sub in ("cur", "new")}
 
     def _letters_for(self, message: Message) -> dict[str, str]:
         for name in message.keywords:
@@ -195,13 +201,13 @@ class NewFolder:
     def add(self, message: Message, data: bytes | memoryview) -> str:
         """Write the message; returns the handle ``current_path`` resolves later."""
         sub, name = file_name(message, self._letters_for(message))
-        write_file(self.aside / sub, name, data, message.internaldate, self.owner, self.sync)
+        write_file(self._dir_fds[sub], name, data, message.internaldate, self.owner, self.sync)
         self.placed.append((message, f"{sub}/{name}"))
         return f"{sub}/{name}"
 
     def add_link(self, message: Message, source: Path) -> str:
         sub, name = file_name(message, self._letters_for(message))
-        os.link(source, self.aside / sub / name, follow_symlinks=False)
+        os.link(source, name, dst_dir_fd=self._dir_fds[sub], follow_symlinks=False)
         self.placed.append((message, f"{sub}/{name}"))
         return f"{sub}/{name}"
 
@@ -217,8 +223,14 @@ class NewFolder:
             header += f" G{self.state['guid']}"
         return "\n".join([header] + [f"{uid} :{key}" for uid, key in with_uid]) + "\n"
 
+    def close_fds(self) -> None:
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds = {}
+
     def commit(self) -> bool:
         """Move the folder into place; False when it exists by now (use rule 2 instead)."""
+        self.close_fds()
         if self.state.get("uidvalidity"):
             replace_file(self.aside, "dovecot-uidlist", self._uidlist_text(), self.owner)
         if self.keywords:
@@ -239,6 +251,7 @@ class NewFolder:
     def commit_into_existing(self, lock_timeout: float) -> bool:
         """The folder exists but has never handed out a UID: move the files in under the
         lock, the uidlist last, and drop Dovecot's index.  False when it has mail by now."""
+        self.close_fds()
         lock = FolderLock(self.target, lock_timeout)
         lock.acquire()
         try:
@@ -262,6 +275,7 @@ class NewFolder:
     def hand_over(self, other: "ExistingFolder") -> dict[str, Path]:
         """The folder appeared meanwhile: give the built messages to rule 2; returns where
         each file (by handle) went."""
+        self.close_fds()
         moved = {relative: other.adopt(message, self.aside / relative)
                  for message, relative in self.placed}
         self.placed = []
@@ -269,6 +283,7 @@ class NewFolder:
         return moved
 
     def discard(self) -> None:
+        self.close_fds()
         shutil.rmtree(self.aside, ignore_errors=True)
 
 
@@ -290,6 +305,7 @@ class ExistingFolder:
         self._counter = 0
         make_maildir(path, owner, marker=False)
         clean_stale(path / "tmp")
+        self._tmp = str(path / "tmp")
 
     def current_path(self, handle: Path) -> Path:
         return self.moved.get(handle, handle)
@@ -299,8 +315,8 @@ class ExistingFolder:
         return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
 
     def add(self, message: Message, data: bytes | memoryview) -> Path:
-        path = write_file(self.path / "tmp", self._stage_name(), data, message.internaldate,
-                          self.owner, self.sync)
+        path = Path(write_file(self._tmp, self._stage_name(), data, message.internaldate,
+                               self.owner, self.sync))
         self.staged.append((message, path))
         if len(self.staged) >= self.batch_size:
             self.commit()
