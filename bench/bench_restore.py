@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=Path("/var/tmp/ims-bench-store"))
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/ims-bench-restore"))
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tmpfs", action="store_true",
+                        help="restore into a tmpfs (root): the file-system-neutral comparison")
     args = parser.parse_args()
     store, work = args.store, args.work
     if not (store / "config" / "msg.conf").exists():
@@ -69,15 +71,25 @@ def main() -> int:
     print(f"archives: imsbackup {archive.stat().st_size >> 20} MiB, GNU tar pax "
           f"{tarball.stat().st_size >> 20} MiB", flush=True)
     some_user = sorted(p.name for p in (store / "partitions" / "primary").iterdir())[0]
+    targets = work / "targets"
+    targets.mkdir()
+    if args.tmpfs:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g", "tmpfs", str(targets)], check=True)
 
     ours, theirs, one_user, ratios = [], [], [], []
     for run in range(args.runs + 1):           # run 0 warms the cache and is not counted
-        target = work / f"run{run}"
+        target = targets / f"run{run}"
         config = config_for(store, target / "ims")
         ims_env = dict(os.environ, IMS_CONFIG_DIR=str(config))
-        a = timed(f"cat {archive} | {BIN / 'imsrestore'} -f -", ims_env)
         (target / "tar").mkdir()
-        b = timed(f"cat {tarball} | tar -xf - -C {target / 'tar'}")
+        if run % 2:     # alternate which goes first
+            a = timed(f"cat {archive} | {BIN / 'imsrestore'} -f -", ims_env)
+            b = timed(f"cat {tarball} | tar -xf - -C {target / 'tar'}")
+        else:
+            b = timed(f"cat {tarball} | tar -xf - -C {target / 'tar'}")
+            a = timed(f"cat {archive} | {BIN / 'imsrestore'} -f -", ims_env)
+        if args.tmpfs and run + 1 < args.runs + 1:
+            shutil.rmtree(target)               # tmpfs has no delayed inode reuse
         single = config_for(store, target / "one")
         c = timed(f"{BIN / 'imsrestore'} -f {archive} /primary/user/{some_user}",
                   dict(os.environ, IMS_CONFIG_DIR=str(single)))
@@ -91,6 +103,8 @@ def main() -> int:
           f"(median of {args.runs} pairs)")
     print(f"one user  imsrestore {statistics.median(one_user):.2f} s "
           f"({statistics.median(one_user) / statistics.median(ours):.3f} of a full restore)")
+    if args.tmpfs:
+        subprocess.run(["umount", str(targets)], check=True)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

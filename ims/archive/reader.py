@@ -156,8 +156,7 @@ class ArchiveReader:
         member = Member(name, typeflag, size, mtime, linkname, pax, start, self.offset)
         is_message_data = member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR
         if member.kind != fmt.TRAILER:
-            for part in header_bytes:
-                self.digest.update(part)
+            self.digest.update(b"".join(header_bytes))
         self._pending = size + len(fmt.padding(size))
         self._pending_digest = not is_message_data and member.kind != fmt.TRAILER
         self.stats.members += 1
@@ -180,10 +179,16 @@ class ArchiveReader:
             raise ArchiveDamaged(f"{self.device_name}: {member.name}: metadata is not an object")
         return member.body
 
-    def read_data(self, member: Member) -> bytes:
+    def read_data(self, member: Member) -> bytes | memoryview:
         """The whole data of a message member, checked against IMS.size and IMS.sha256."""
-        chunks = list(self.iter_data(member))
-        return b"".join(chunks)
+        if member.size > _CHUNK:
+            return b"".join(list(self.iter_data(member)))
+        padded = self._pending
+        self._pending = 0
+        block = self._read(padded)          # data and padding in one read
+        data = memoryview(block)[:member.size]
+        self._check(member, hashlib.sha256(data).hexdigest())
+        return data
 
     def iter_data(self, member: Member) -> Iterator[bytes]:
         """The data in chunks; the digest is checked after the last chunk (MemberDamaged)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ims.archive import format as fmt
+from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader, peek_header
 from ims.chain import MergedStream, build_plan
 from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog, run,
@@ -185,7 +186,14 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
     else:
         emit = (lambda line: click.echo(line)) if list_only else (
             (lambda line: click.echo(f"{PROG}: {line}", err=True)) if verbosity >= 2 else None)
-        report = Restorer(config, store, options, decide, emit).run(reader)
+        if not reader.seekable and not list_only:
+            # a stream: parse and check it in a second process while this one writes files
+            reader = PrefetchReader(fd, device_name, blocking)
+        try:
+            report = Restorer(config, store, options, decide, emit).run(reader)
+        finally:
+            if isinstance(reader, PrefetchReader):
+                reader.close()
         if names and not report.matched and report.complete:
             raise UsageError(f"{' '.join(names)}: not in the archive {device_name}")
 

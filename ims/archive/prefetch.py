@@ -1,0 +1,248 @@
+"""Reads a sequential archive stream in a child process, for restores.
+
+A restore's costs are parsing headers, checking every message's SHA-256 and writing files.
+``PrefetchReader`` forks a child that runs ``ArchiveReader`` over the stream — headers,
+digests, the trailer — and hands members over in batches through a socketpair, with message
+bytes in shared-memory slots; the parent only writes files.  It has the interface of
+``ArchiveReader`` that ``Restorer`` uses for a stream (``read_header``, ``members``,
+``read_data``, ``header``, ``trailer``, ``seekable``), so the restore rules are not touched.
+
+Failure behaviour: the child's ``ArchiveDamaged``/``Incomplete``/``DeviceError`` are raised in
+the parent where the sequential reader would raise them (``members``); a damaged message
+raises ``MemberDamaged`` from ``read_data``; a child that dies is an ``Incomplete`` stream.
+The parent reaps the child (its own pid) in ``close``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+import time
+from typing import Any, Iterator
+
+from ims.archive import format as fmt
+from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged
+from ims.errors import ArchiveDamaged, DeviceError
+
+SLOT_SIZE = 8 << 20
+SLOTS = 3
+BATCH_BYTES = 1 << 20
+BATCH_ITEMS = 256
+STALL_SECONDS = 0.2
+_LENGTH = struct.Struct("!I")
+_ERRORS = {"Incomplete": Incomplete, "ArchiveDamaged": ArchiveDamaged, "DeviceError": DeviceError}
+
+
+class PrefetchReader:
+    seekable = False
+
+    def __init__(self, fd: int, device_name: str, blocking_factor: int) -> None:
+        self.device_name = device_name
+        self.header: dict[str, Any] = {}
+        self.trailer: dict[str, Any] | None = None
+        self.slots = [mmap.mmap(-1, SLOT_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+                      for _ in range(SLOTS)]
+        self.views = [memoryview(m) for m in self.slots]
+        parent_sock, child_sock = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                parent_sock.close()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                self.sock = child_sock
+                self._child(fd, blocking_factor)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        child_sock.close()
+        self.pid = pid
+        self.sock = parent_sock
+        self._buffer = bytearray()
+        self._data: dict[int, Any] = {}   # id(member) -> slot ref, inline bytes or error
+        self._slot: int | None = None
+
+    # -- parent ------------------------------------------------------------------------
+
+    def _receive(self) -> Any:
+        head = self._exact(_LENGTH.size)
+        if head is None:
+            raise Incomplete(f"{self.device_name}: the archive reader process ended unexpectedly")
+        payload = self._exact(_LENGTH.unpack(head)[0])
+        if payload is None:
+            raise Incomplete(f"{self.device_name}: the archive reader process ended unexpectedly")
+        return pickle.loads(payload)
+
+    def _exact(self, count: int) -> bytes | None:
+        buffer = self._buffer
+        while len(buffer) < count:
+            chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
+            if not chunk:
+                return None
+            buffer += chunk
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
+    def _raise(self, item: tuple) -> None:
+        _, kind, message = item
+        raise _ERRORS.get(kind, ArchiveDamaged)(message)
+
+    def read_header(self) -> dict[str, Any]:
+        item = self._receive()
+        if item[0] == "error":
+            self._raise(item)
+        self.header = item[1]
+        return self.header
+
+    def members(self) -> Iterator[Member]:
+        while True:
+            item = self._receive()
+            if item[0] == "error":
+                self._release()
+                self._raise(item)
+            if item[0] == "end":
+                self._release()
+                self.trailer = item[1]
+                return
+            _, slot, entries = item
+            self._release()
+            self._slot = slot
+            for fields, body, data in entries:
+                member = Member(*fields)
+                member.body = body
+                if data is not None:
+                    self._data[id(member)] = data
+                yield member
+                self._data.pop(id(member), None)
+
+    def _release(self) -> None:
+        if self._slot is not None:
+            try:
+                self.sock.sendall(bytes((self._slot,)))
+            except OSError:
+                pass
+            self._slot = None
+
+    def read_data(self, member: Member) -> memoryview:
+        ref = self._data.pop(id(member), None)
+        if ref is None:
+            raise ArchiveDamaged(f"{self.device_name}: {member.name}: no data")
+        if isinstance(ref, str):
+            raise MemberDamaged(ref)
+        if isinstance(ref, bytes):
+            return memoryview(ref)
+        slot, start, length = ref
+        return self.views[slot][start:start + length]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
+
+    # -- child -------------------------------------------------------------------------
+
+    def _send(self, item: Any) -> None:
+        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
+
+    def _child(self, fd: int, blocking_factor: int) -> None:
+        reader = ArchiveReader(fd, self.device_name, blocking_factor)
+        free = list(range(SLOTS))
+        lock = threading.Lock()
+        batch: dict[str, Any] = {"slot": None, "used": 0, "entries": [], "waiting_since": None}
+        done = threading.Event()
+
+        def take_slot() -> int:
+            if free:
+                return free.pop()
+            data = self.sock.recv(1)
+            if not data:
+                raise EOFError
+            return data[0]
+
+        def flush() -> None:                       # with the lock held
+            if batch["entries"]:
+                self._send(("batch", batch["slot"], batch["entries"]))
+                batch["slot"], batch["used"], batch["entries"] = take_slot(), 0, []
+
+        def flusher() -> None:
+            # Members already read are handed over when the stream stalls (a slow tape, a
+            # backup still producing it), so the parent writes them instead of waiting.
+            while not done.wait(STALL_SECONDS):
+                with lock:
+                    since = batch["waiting_since"]
+                    if since is not None and time.monotonic() - since >= STALL_SECONDS:
+                        try:
+                            flush()
+                        except (OSError, EOFError):
+                            return
+
+        def wait_for_input(on: bool) -> None:
+            with lock:
+                batch["waiting_since"] = time.monotonic() if on else None
+
+        try:
+            self._send(("header", reader.read_header()))
+            with lock:
+                batch["slot"] = take_slot()
+            threading.Thread(target=flusher, daemon=True).start()
+            members = reader.members()
+            while True:
+                wait_for_input(True)
+                member = next(members, None)
+                if member is None:
+                    break
+                data = None
+                data_ref: tuple[int, int, int] | str | bytes | None = None
+                if member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR:
+                    try:
+                        data = reader.read_data(member)
+                    except MemberDamaged as exc:
+                        data_ref = str(exc)
+                wait_for_input(False)
+                with lock:
+                    if data is not None:
+                        if len(data) > SLOT_SIZE:
+                            data_ref = bytes(data)      # rare: sent inline
+                        else:
+                            if batch["used"] + len(data) > SLOT_SIZE:
+                                flush()
+                            slot, used = batch["slot"], batch["used"]
+                            self.views[slot][used:used + len(data)] = data
+                            data_ref = (slot, used, len(data))
+                            batch["used"] = used + len(data)
+                    fields = (member.name, member.typeflag, member.size, member.mtime,
+                              member.linkname, member.pax, member.offset, member.data_offset)
+                    batch["entries"].append((fields, member.body, data_ref))
+                    if (member.kind == fmt.TRAILER or batch["used"] >= BATCH_BYTES
+                            or len(batch["entries"]) >= BATCH_ITEMS):
+                        flush()
+                if member.kind == fmt.TRAILER:
+                    break
+            done.set()
+            with lock:
+                flush()
+                self._send(("end", reader.trailer))
+        except (Incomplete, ArchiveDamaged, DeviceError) as exc:
+            done.set()
+            with lock:
+                flush()
+                self._send(("error", type(exc).__name__, str(exc)))
