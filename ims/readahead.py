@@ -6,8 +6,8 @@ holds the GIL, and the run got slower), so a forked child lists folders, opens, 
 hashes messages on the second core while the parent builds headers and writes the one
 single-copy stream (DESIGN §8: more processes may feed one stream).
 
-The child walks the scope in stream order and sends items over a socketpair (length-prefixed
-pickles): ``UserItem``, ``FolderItem``, then ``Batch``es of that folder's messages, then
+The child (``ims.helper``) walks the scope in stream order and sends items over a socketpair
+(length-prefixed pickles): ``UserItem``, ``FolderItem``, then ``Batch``es of that folder's messages, then
 ``FolderDone``.  Message data goes through a few fixed shared-memory slots; the parent sends
 a slot's number back when it has copied the batch, so memory is bounded by
 ``SLOTS x SLOT_SIZE`` whatever the store's size.  Single copy is decided in the child (it
@@ -25,15 +25,11 @@ with ``os._exit``.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
-import pickle
-import signal
-import socket
-import struct
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ims.helper import Channel, HelperProcess
 from ims.names import Scope, select_folders
 from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
 
@@ -41,7 +37,6 @@ SLOT_SIZE = 8 << 20        # also the largest message sent whole; larger ones go
 SLOTS = 3
 BATCH_BYTES = 1 << 20      # a batch is handed over when its data reaches this size
 BATCH_MESSAGES = 256
-_LENGTH = struct.Struct("!I")
 
 
 @dataclass
@@ -125,41 +120,25 @@ class StoreReadAhead:
         self.since = since
         self.link_min = max(link_min, 1)
         self.track_links = not full_copies
-        self.slots = [mmap.mmap(-1, SLOT_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-                      for _ in range(SLOTS)]
-        self.views = [memoryview(m) for m in self.slots]
+        self.helper = HelperProcess(SLOTS, SLOT_SIZE)
+        self.views = self.helper.views
         self.links: dict[tuple[int, int], bytes] = {}
-        self.pid = 0
-        self.sock: socket.socket | None = None
-        self._buffer = bytearray()
+        self.channel: Channel | None = None
 
     # -- parent side -----------------------------------------------------------------
 
     def start(self) -> None:
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                parent_sock.close()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                self.sock = child_sock
-                self._child_main()
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        child_sock.close()
-        self.pid = pid
-        self.sock = parent_sock
+        def body(channel: Channel) -> None:
+            self.channel = channel
+            self._child_main()
+        self.channel = self.helper.start(body)
 
     def __iter__(self) -> Iterator[object]:
-        assert self.sock is not None
+        assert self.channel is not None
         while True:
-            payload = self._recv_item()
-            if payload is None:
+            ok, item = self.channel.receive()
+            if not ok:
                 raise RuntimeError("the store reader process ended unexpectedly")
-            item = pickle.loads(payload)
             if item is None:
                 return
             if isinstance(item, Failure):
@@ -170,58 +149,22 @@ class StoreReadAhead:
         return self.views[slot]
 
     def release(self, slot: int | None) -> None:
-        if slot is not None and self.sock is not None:
-            try:
-                self.sock.sendall(bytes((slot,)))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the reader has finished and needs no more slots
+        if slot is not None and self.channel is not None:
+            self.channel.give_slot(slot)
 
     def stop(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = 0
-
-    def _recv_item(self) -> bytes | None:
-        head = self._recv_exact(_LENGTH.size)
-        if head is None:
-            return None
-        return self._recv_exact(_LENGTH.unpack(head)[0])
-
-    def _recv_exact(self, count: int) -> bytes | None:
-        assert self.sock is not None
-        buffer = self._buffer
-        while len(buffer) < count:
-            chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
-            if not chunk:
-                return None
-            buffer += chunk
-        data = bytes(buffer[:count])
-        del buffer[:count]
-        return data
+        self.helper.stop()
+        self.channel = None
 
     # -- child side ------------------------------------------------------------------
 
     def _put(self, item: object) -> None:
-        assert self.sock is not None
-        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
+        assert self.channel is not None
+        self.channel.send(item)
 
     def _take_slot(self) -> int:
-        assert self.sock is not None
-        data = self.sock.recv(1)
-        if not data:
-            raise EOFError("the archive writer went away")
-        return data[0]
+        assert self.channel is not None
+        return self.channel.take_slot()
 
     def _child_main(self) -> None:
         free = list(range(SLOTS))

@@ -15,12 +15,6 @@ The parent reaps the child (its own pid) in ``close``.
 
 from __future__ import annotations
 
-import mmap
-import os
-import pickle
-import signal
-import socket
-import struct
 import threading
 import time
 from typing import Any, Iterator
@@ -28,13 +22,13 @@ from typing import Any, Iterator
 from ims.archive import format as fmt
 from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged
 from ims.errors import ArchiveDamaged, DeviceError
+from ims.helper import Channel, HelperProcess
 
 SLOT_SIZE = 8 << 20
 SLOTS = 3
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 256
 STALL_SECONDS = 0.2
-_LENGTH = struct.Struct("!I")
 _ERRORS = {"Incomplete": Incomplete, "ArchiveDamaged": ArchiveDamaged, "DeviceError": DeviceError}
 
 
@@ -45,50 +39,19 @@ class PrefetchReader:
         self.device_name = device_name
         self.header: dict[str, Any] = {}
         self.trailer: dict[str, Any] | None = None
-        self.slots = [mmap.mmap(-1, SLOT_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-                      for _ in range(SLOTS)]
-        self.views = [memoryview(m) for m in self.slots]
-        parent_sock, child_sock = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                parent_sock.close()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                self.sock = child_sock
-                self._child(fd, blocking_factor)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        child_sock.close()
-        self.pid = pid
-        self.sock = parent_sock
-        self._buffer = bytearray()
+        self.helper = HelperProcess(SLOTS, SLOT_SIZE)
+        self.views = self.helper.views
+        self.channel = self.helper.start(lambda channel: self._child(channel, fd, blocking_factor))
         self._data: dict[int, Any] = {}   # id(member) -> slot ref, inline bytes or error
         self._slot: int | None = None
 
     # -- parent ------------------------------------------------------------------------
 
     def _receive(self) -> Any:
-        head = self._exact(_LENGTH.size)
-        if head is None:
+        ok, item = self.channel.receive()
+        if not ok:
             raise Incomplete(f"{self.device_name}: the archive reader process ended unexpectedly")
-        payload = self._exact(_LENGTH.unpack(head)[0])
-        if payload is None:
-            raise Incomplete(f"{self.device_name}: the archive reader process ended unexpectedly")
-        return pickle.loads(payload)
-
-    def _exact(self, count: int) -> bytes | None:
-        buffer = self._buffer
-        while len(buffer) < count:
-            chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
-            if not chunk:
-                return None
-            buffer += chunk
-        data = bytes(buffer[:count])
-        del buffer[:count]
-        return data
+        return item
 
     def _raise(self, item: tuple) -> None:
         _, kind, message = item
@@ -124,10 +87,7 @@ class PrefetchReader:
 
     def _release(self) -> None:
         if self._slot is not None:
-            try:
-                self.sock.sendall(bytes((self._slot,)))
-            except OSError:
-                pass
+            self.channel.give_slot(self._slot)
             self._slot = None
 
     def read_data(self, member: Member) -> memoryview:
@@ -142,28 +102,11 @@ class PrefetchReader:
         return self.views[slot][start:start + length]
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = 0
+        self.helper.stop()
 
     # -- child -------------------------------------------------------------------------
 
-    def _send(self, item: Any) -> None:
-        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
-
-    def _child(self, fd: int, blocking_factor: int) -> None:
+    def _child(self, channel: Channel, fd: int, blocking_factor: int) -> None:
         reader = ArchiveReader(fd, self.device_name, blocking_factor)
         free = list(range(SLOTS))
         lock = threading.Lock()
@@ -171,16 +114,11 @@ class PrefetchReader:
         done = threading.Event()
 
         def take_slot() -> int:
-            if free:
-                return free.pop()
-            data = self.sock.recv(1)
-            if not data:
-                raise EOFError
-            return data[0]
+            return free.pop() if free else channel.take_slot()
 
         def flush() -> None:                       # with the lock held
             if batch["entries"]:
-                self._send(("batch", batch["slot"], batch["entries"]))
+                channel.send(("batch", batch["slot"], batch["entries"]))
                 batch["slot"], batch["used"], batch["entries"] = take_slot(), 0, []
 
         def flusher() -> None:
@@ -200,7 +138,7 @@ class PrefetchReader:
                 batch["waiting_since"] = time.monotonic() if on else None
 
         try:
-            self._send(("header", reader.read_header()))
+            channel.send(("header", reader.read_header()))
             with lock:
                 batch["slot"] = take_slot()
             threading.Thread(target=flusher, daemon=True).start()
@@ -240,9 +178,9 @@ class PrefetchReader:
             done.set()
             with lock:
                 flush()
-                self._send(("end", reader.trailer))
+                channel.send(("end", reader.trailer))
         except (Incomplete, ArchiveDamaged, DeviceError) as exc:
             done.set()
             with lock:
                 flush()
-                self._send(("error", type(exc).__name__, str(exc)))
+                channel.send(("error", type(exc).__name__, str(exc)))

@@ -1,0 +1,115 @@
+"""A forked helper process and its channel: what the backup's store reader
+(``ims.readahead``) and the restore's archive reader (``ims.archive.prefetch``) share.
+
+``HelperProcess.start(body)`` forks; the child runs ``body(channel)`` and leaves with
+``os._exit`` (never running the parent's exit handlers or flushing its stdout, which may be
+the archive).  ``Channel`` carries length-prefixed pickles one way and one-byte slot numbers
+back; ``slots`` are shared anonymous mappings that carry message bytes without copying them
+through the socket.  ``stop()`` kills and reaps the child by its pid.
+
+Failure behaviour: ``Channel.receive`` returns None when the other side is gone;
+``take_slot`` raises EOFError then.  A send to a process that has gone raises OSError.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+from typing import Any, Callable
+
+_LENGTH = struct.Struct("!I")
+
+
+class Channel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def send(self, item: Any) -> None:
+        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
+
+    def receive(self) -> tuple[bool, Any]:
+        """(True, item), or (False, None) when the other side has gone."""
+        head = self._exact(_LENGTH.size)
+        if head is None:
+            return False, None
+        payload = self._exact(_LENGTH.unpack(head)[0])
+        if payload is None:
+            return False, None
+        return True, pickle.loads(payload)
+
+    def _exact(self, count: int) -> bytes | None:
+        buffer = self._buffer
+        while len(buffer) < count:
+            chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
+            if not chunk:
+                return None
+            buffer += chunk
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
+    def give_slot(self, slot: int) -> None:
+        try:
+            self.sock.sendall(bytes((slot,)))
+        except OSError:
+            pass      # the helper has finished and needs no more slots
+
+    def take_slot(self) -> int:
+        data = self.sock.recv(1)
+        if not data:
+            raise EOFError("the other process went away")
+        return data[0]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class HelperProcess:
+    def __init__(self, slots: int, slot_size: int) -> None:
+        self.slots = [mmap.mmap(-1, slot_size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+                      for _ in range(slots)]
+        self.views = [memoryview(m) for m in self.slots]
+        self.pid = 0
+        self.channel: Channel | None = None
+
+    def start(self, body: Callable[[Channel], None]) -> Channel:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                parent_sock.close()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                body(Channel(child_sock))
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        child_sock.close()
+        self.pid = pid
+        self.channel = Channel(parent_sock)
+        return self.channel
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
