@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -352,6 +351,3 @@ def _live_message(store: MaildirStore, partition: str, user: str, folder: str, k
     finally:
         reader.close()
 
-
-def stdout_fd() -> int:
-    return sys.stdout.fileno()

@@ -299,7 +299,6 @@ class ExistingFolder:
         self.sync = sync
         self.batch_size = batch_size
         self.staged: list[tuple[Message, Path]] = []
-        self.committed: list[tuple[Message, Path, int | None]] = []  # message, final path, uid
         self.already_there = 0
         self.moved: dict[Path, Path] = {}     # staged path -> where the message is now
         self._counter = 0
@@ -315,16 +314,16 @@ class ExistingFolder:
         return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
 
     def add(self, message: Message, data: bytes | memoryview) -> Path:
-        path = Path(write_file(self._tmp, self._stage_name(), data, message.internaldate,
-                               self.owner, self.sync))
-        self.staged.append((message, path))
-        if len(self.staged) >= self.batch_size:
-            self.commit()
-        return path
+        return self._staged(message, Path(write_file(
+            self._tmp, self._stage_name(), data, message.internaldate, self.owner, self.sync)))
 
     def add_link(self, message: Message, source: Path) -> Path:
         path = self.path / "tmp" / self._stage_name()
         os.link(source, path, follow_symlinks=False)
+        return self._staged(message, path)
+
+    def _staged(self, message: Message, path: Path) -> Path:
+        """Queue a file written to tmp/; a full batch goes in under the lock at once."""
         self.staged.append((message, path))
         if len(self.staged) >= self.batch_size:
             self.commit()
@@ -401,7 +400,6 @@ class ExistingFolder:
             self.moved[staged] = final
             key = final.name.partition(":")[0]
             lines.append(f"{next_uid} :{key}")
-            self.committed.append((message, final, next_uid))
             next_uid += 1
         if added_keywords:
             replace_file(self.path, "dovecot-keywords",
