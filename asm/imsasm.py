@@ -41,7 +41,9 @@ from ims.config import EVERYONE_GROUPS, Config
 from ims.errors import DeviceError, ExitCode, UnknownName, UsageError, most_serious
 from ims.mkbackupdir.layout import Placeholder, parse
 from ims.names import Scope, UserScope, in_folder
-from ims.restore import Pattern, RestoreOptions, Restorer
+from ims.restore import session
+from ims.restore.engine import RestoreOptions
+from ims.restore.selection import Pattern
 from ims.store.maildir import MaildirStore
 
 SAVE_FLAGS = set("nvbeouxiEq")
@@ -267,10 +269,11 @@ def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
     reader = ArchiveReader(in_fd, "the recover stream", fmt.DEFAULT_BLOCKING_FACTOR)
     options = RestoreOptions(patterns=patterns, list_only=request.dry_run)
     emit = say if request.verbose else None
-    report = Restorer(config, store, options, lambda message: True, emit).run(reader)
+    writer = session.store_writer(config, store, session.WriterSettings())
+    report, _ = session.restore_archive(writer, reader, options, lambda message: True, emit)
     if process is not None and process.wait() != 0:
         raise DeviceError(f"asmrecoverfilter {filter_command!r} exited {process.returncode}")
-    for line in report.damaged + report.locked + report.skipped:
+    for line in report.damaged + report.locked + report.skipped + report.notes:
         say(f"imsasm: {line}")
     if report.unresolved:
         say(f"imsasm: {len(report.unresolved)} message(s) are links to data in another save"
@@ -290,16 +293,22 @@ def compare(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
     seen: dict[tuple[str, str, str], set[str]] = {}
     data_of: dict[str, str] = {}
     for member in reader.members():
+        if member.invalid is not None:
+            differences.append(f"{member.invalid}: not compared")
+            if member.kind == fmt.FOLDER:
+                folder_key = None
+            continue
         if member.kind == fmt.FOLDER:
-            body = member.body
-            folder_key = (body["partition"], body["user"], body["folder"])
+            state = member.record
+            folder_key = (state.partition, state.user, state.folder)
             seen[folder_key] = set()
             continue
         if member.kind != fmt.MESSAGE or folder_key is None:
             continue
-        key = member.pax.get("IMS.basename", "")
+        record = member.record
+        key = record.key
         seen[folder_key].add(key)
-        sha = member.pax.get("IMS.sha256") or data_of.get(member.linkname)
+        sha = record.sha256 or data_of.get(member.linkname)
         if not member.is_link:
             data_of[member.name] = sha or ""
         if request.dry_run:
@@ -312,9 +321,8 @@ def compare(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
         path, flags = live
         if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
             differences.append(f"{where}: bytes differ")
-        if flags != member.pax.get("IMS.flags", ""):
-            differences.append(f"{where}: flags {member.pax.get('IMS.flags')} saved,"
-                               f" {flags} in the store")
+        if flags != record.flags:
+            differences.append(f"{where}: flags {record.flags} saved, {flags} in the store")
     if not request.dry_run:
         for (partition, user, folder), keys in seen.items():
             for key in _live_keys(store, partition, user, folder) - keys:

@@ -28,11 +28,13 @@ import logging
 import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ims
 from ims.archive import format as fmt
+from ims.archive.records import ArchiveHeader, FolderRecord, UserRecord
 from ims.archive.writer import ArchiveWriter
 from ims.config import Config
 from ims.names import Scope
@@ -80,22 +82,15 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
     report = BackupReport(warnings=list(scope.warnings))
     now = int(time.time())
     exclusions = [] if options.ignore_exclusions else config.msg.exclusions()
-    writer.add_json(fmt.HEADER_NAME, fmt.HEADER, {
-        "format": fmt.FORMAT_NAME,
-        "version": fmt.FORMAT_VERSION,
-        "tool": f"imsbackup {ims.__version__}",
-        "host": socket.gethostname(),
-        "created": now,
-        "created_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
-        "names": list(options.names),
-        "since": options.since,
-        "since_text": options.since_text,
-        "blocking_factor": options.blocking_factor,
-        "options": {"link_min": options.link_min, "full_copies": options.full_copies,
-                    "ignore_exclusions": options.ignore_exclusions,
-                    "exclusions": exclusions},
-        "store": "dovecot-maildir",
-    }, now)
+    header = ArchiveHeader(
+        created=now, since=options.since, blocking_factor=options.blocking_factor,
+        names=tuple(options.names), archive_id=uuid.uuid4().hex, host=socket.gethostname(),
+        tool=f"imsbackup {ims.__version__}", since_text=options.since_text,
+        options={"link_min": options.link_min, "full_copies": options.full_copies,
+                 "ignore_exclusions": options.ignore_exclusions, "exclusions": exclusions})
+    writer.add_json(fmt.HEADER_NAME, fmt.HEADER, header.encode(
+        fmt.FORMAT_NAME, fmt.FORMAT_VERSION,
+        time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))), now)
 
     readahead = StoreReadAhead(store, scope, exclusions, options.since, options.link_min,
                                options.full_copies)
@@ -137,10 +132,9 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             prefix = f"{item.partition}/{item.user}/{item.folder}/".encode("utf-8", "surrogateescape")
             member = prefix.decode("utf-8", "surrogateescape") + fmt.FOLDER_MEMBER
             if item.unchanged:
-                writer.begin_folder(member, {
-                    "partition": item.partition, "user": item.user, "folder": item.folder,
-                    "unchanged_since": since, "uidvalidity": None, "next_uid": None,
-                    "guid": None, "keywords": None, "messages": None}, now)
+                writer.begin_folder(member, FolderRecord.encode_listed(
+                    item.partition, item.user, item.folder, since, None, None, None, [], None,
+                    None), now)
                 writer.end_folder()
                 report.unchanged_folders += 1
                 report.folders += 1
@@ -152,14 +146,10 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             flag_parts = {}
             state = item.state
             report.warnings.extend(state.notes)
-            writer.begin_folder(member, {
-                "partition": item.partition, "user": item.user, "folder": item.folder,
-                "unchanged_since": None,
-                "uidvalidity": state.uidvalidity, "next_uid": state.next_uid, "guid": state.guid,
-                "keywords": state.keywords,
-                "messages": [[m[KEY], m[UID], m[FLAGS], list(m[KEYWORDS])]
-                             for m in item.messages],
-            }, now)
+            writer.begin_folder(member, FolderRecord.encode_listed(
+                item.partition, item.user, item.folder, None, state.uidvalidity, state.next_uid,
+                state.guid, list(state.keywords), state.highest_modseq,
+                [[m[KEY], m[UID], m[FLAGS], list(m[KEYWORDS])] for m in item.messages]), now)
         elif isinstance(item, FolderDone):
             assert folder is not None
             writer.end_folder()
@@ -176,12 +166,10 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             report.excluded_folders.extend(f"{logical}/{f}" for f in item.excluded)
             writer.user_index.append({"partition": item.partition, "user": item.user,
                                       "group": item.group, "offset": writer.offset})
-            writer.add_json(f"{item.partition}/{item.user}/{fmt.USER_MEMBER}", fmt.USER, {
-                "partition": item.partition, "user": item.user, "group": item.group,
-                "uid": item.info.uid, "gid": item.info.gid,
-                "subscriptions": list(item.info.subscriptions),
-                "folders": item.folders, "excluded_folders": item.excluded,
-            }, now)
+            writer.add_json(f"{item.partition}/{item.user}/{fmt.USER_MEMBER}", fmt.USER, UserRecord(
+                item.partition, item.user, item.group, item.info.uid, item.info.gid,
+                tuple(item.info.subscriptions), tuple(item.folders),
+                tuple(item.excluded)).encode(), now)
             report.users += 1
 
 

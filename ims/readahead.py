@@ -224,7 +224,7 @@ class StoreReadAhead:
             listed = [wire_entry(m) for m in state.messages]
             self._put(FolderItem(logical, partition, user, folder, FolderState(
                 state.name, state.uidvalidity, state.next_uid, state.guid, state.keywords, [],
-                state.notes), listed))
+                state.notes, state.highest_modseq), listed))
             self._read_messages(reader, f"{partition}/{user}/{folder}/")
             self._put(FolderDone())
         finally:

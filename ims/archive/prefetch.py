@@ -20,7 +20,8 @@ import time
 from typing import Any, Iterator
 
 from ims.archive import format as fmt
-from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged
+from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged, decode_record
+from ims.archive.records import ArchiveHeader, TrailerRecord
 from ims.errors import ArchiveDamaged, DeviceError
 from ims.helper import Channel, HelperProcess
 
@@ -37,8 +38,8 @@ class PrefetchReader:
 
     def __init__(self, fd: int, device_name: str, blocking_factor: int) -> None:
         self.device_name = device_name
-        self.header: dict[str, Any] = {}
-        self.trailer: dict[str, Any] | None = None
+        self.header: ArchiveHeader | None = None
+        self.trailer: TrailerRecord | None = None
         self.helper = HelperProcess(SLOTS, SLOT_SIZE)
         self.views = self.helper.views
         self.channel = self.helper.start(lambda channel: self._child(channel, fd, blocking_factor))
@@ -57,7 +58,7 @@ class PrefetchReader:
         _, kind, message = item
         raise _ERRORS.get(kind, ArchiveDamaged)(message)
 
-    def read_header(self) -> dict[str, Any]:
+    def read_header(self) -> ArchiveHeader:
         item = self._receive()
         if item[0] == "error":
             self._raise(item)
@@ -80,6 +81,7 @@ class PrefetchReader:
             for fields, body, data in entries:
                 member = Member(*fields)
                 member.body = body
+                decode_record(member)
                 if data is not None:
                     self._data[id(member)] = data
                 yield member
@@ -108,6 +110,7 @@ class PrefetchReader:
 
     def _child(self, channel: Channel, fd: int, blocking_factor: int) -> None:
         reader = ArchiveReader(fd, self.device_name, blocking_factor)
+        reader.decode_records = False
         free = list(range(SLOTS))
         lock = threading.Lock()
         batch: dict[str, Any] = {"slot": None, "used": 0, "entries": [], "waiting_since": None}

@@ -22,9 +22,11 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ims.archive import format as fmt
+from ims.archive.records import (ArchiveHeader, FolderRecord, MessageRecord, RecordError,
+                                 TrailerRecord, UserRecord)
 from ims.errors import ArchiveDamaged, DeviceError
 
 MAX_PAX_PAYLOAD = 1 << 20
@@ -51,6 +53,8 @@ class Member:
     offset: int                       # first header block
     data_offset: int = 0
     body: Any = None                  # parsed JSON of metadata members
+    record: Any = None                # its typed record (ims.archive.records), once decoded
+    invalid: str | None = None        # why the record could not be decoded
 
     @property
     def kind(self) -> str:
@@ -59,6 +63,72 @@ class Member:
     @property
     def is_link(self) -> bool:
         return self.typeflag == fmt.HARDLINK
+
+
+class EndOfArchive(fmt.FormatError):
+    """An all-zero block where a member header should be."""
+
+
+def parse_member(read: Callable[[int], bytes], start: int) -> tuple[Member, list[bytes]]:
+    """The one member parser: reads a member's (pax and) ustar headers through ``read``
+    (``read(n)`` returns the next n bytes of the stream) and returns the member, with
+    ``data_offset`` set, and the header bytes read (for the running digest).
+
+    Raises ``EndOfArchive`` at an all-zero block, ``fmt.FormatError`` for anything else
+    malformed; the sequential reader, the reader by offset and ``peek_header`` all use it."""
+    block = read(fmt.BLOCK)
+    if block == fmt.ZEROS:
+        raise EndOfArchive("end-of-archive block")
+    header_bytes = [block]
+    pax: dict[str, str] = {}
+    try:
+        typeflag, size, mtime = fmt.parse_header_fast(block)
+        if typeflag == fmt.PAX:
+            if size > MAX_PAX_PAYLOAD:
+                raise fmt.FormatError(f"pax header of {size} bytes")
+            raw = read(size + (-size % fmt.BLOCK))
+            header_bytes.append(raw)
+            pax = fmt.parse_pax(raw[:size])
+            block = read(fmt.BLOCK)
+            header_bytes.append(block)
+            typeflag, size, mtime = fmt.parse_header_fast(block)
+            if typeflag == fmt.PAX:
+                raise fmt.FormatError("two pax headers in a row")
+        if "size" in pax:
+            size = int(pax["size"])
+        if "mtime" in pax:
+            mtime = int(pax["mtime"])
+    except ValueError as exc:
+        raise fmt.FormatError(str(exc)) from None
+    if "path" in pax and (typeflag != fmt.HARDLINK or "linkpath" in pax):
+        name, linkname = pax["path"], pax.get("linkpath", "")
+    else:
+        name, linkname = fmt.header_names(block)
+        name = pax.get("path", name)
+        linkname = pax.get("linkpath", linkname)
+    if size < 0:
+        raise fmt.FormatError("negative size")
+    data_offset = start + sum(len(part) for part in header_bytes)
+    return Member(name, typeflag, size, mtime, linkname, pax, start, data_offset), header_bytes
+
+
+def decode_record(member: Member) -> None:
+    """Attach the member's typed record (``member.record``), or say why it is invalid
+    (``member.invalid``); JSON members need ``body`` parsed first."""
+    try:
+        kind = member.kind
+        where = f"{member.name} at byte {member.offset}"
+        if kind == fmt.MESSAGE:
+            if member.typeflag not in (fmt.REGULAR, fmt.HARDLINK):
+                raise RecordError(f"{where}: member type {member.typeflag!r} is not a message")
+            member.record = MessageRecord.decode(member.pax, member.name, member.size,
+                                                 member.mtime, member.is_link)
+        elif kind == fmt.USER:
+            member.record = UserRecord.decode(member.body, where)
+        elif kind == fmt.FOLDER:
+            member.record = FolderRecord.decode(member.body, where)
+    except RecordError as exc:
+        member.invalid = str(exc)
 
 
 @dataclass
@@ -80,9 +150,10 @@ class ArchiveReader:
         self.stream: BinaryIO = open(fd, "rb", buffering=4 << 20, closefd=False)
         self.offset = 0
         self.digest = hashlib.sha256()
-        self.header: dict[str, Any] = {}
-        self.trailer: dict[str, Any] | None = None
+        self.header: ArchiveHeader | None = None
+        self.trailer: TrailerRecord | None = None
         self.stats = ReadStats()
+        self.decode_records = True  # off in the prefetching child: its parent decodes
         self._pending = 0           # unread data bytes (with padding) of the current member
         self._pending_digest = False
 
@@ -101,11 +172,11 @@ class ArchiveReader:
 
     def _skip(self, count: int, digest: bool) -> None:
         if self.seekable and not digest and count > _CHUNK:
-            self.stream.seek(count, os.SEEK_CUR)
-            self.offset += count
-            if self.file_size is not None and self.offset > self.file_size:
+            if self.file_size is not None and self.offset + count > self.file_size:
                 raise Incomplete(f"{self.device_name}: the archive ends at byte"
                                  f" {self.file_size} inside a member: it is incomplete")
+            self.stream.seek(count, os.SEEK_CUR)
+            self.offset += count
             return
         while count:
             chunk = self._read(min(count, _CHUNK))
@@ -120,43 +191,17 @@ class ArchiveReader:
             self._skip(self._pending, self._pending_digest)
             self._pending = 0
         start = self.offset
-        block = self._read(fmt.BLOCK)
-        if block == b"\0" * fmt.BLOCK:
-            raise Incomplete(f"{self.device_name}: end-of-archive blocks at byte {start}"
-                             " without a trailer: the archive is incomplete")
-        header_bytes = [block]
-        pax: dict[str, str] = {}
         try:
-            typeflag, size, mtime = fmt.parse_header_fast(block)
-            if typeflag == fmt.PAX:
-                if size > MAX_PAX_PAYLOAD:
-                    raise fmt.FormatError(f"pax header of {size} bytes")
-                raw = self._read(size + (-size % fmt.BLOCK))
-                header_bytes.append(raw)
-                pax = fmt.parse_pax(raw[:size])
-                block = self._read(fmt.BLOCK)
-                header_bytes.append(block)
-                typeflag, size, mtime = fmt.parse_header_fast(block)
-                if typeflag == fmt.PAX:
-                    raise fmt.FormatError("two pax headers in a row")
-            if "size" in pax:
-                size = int(pax["size"])
-            if "mtime" in pax:
-                mtime = int(pax["mtime"])
-            if "path" in pax and (typeflag != fmt.HARDLINK or "linkpath" in pax):
-                name, linkname = pax["path"], pax.get("linkpath", "")
-            else:
-                name, linkname = fmt.header_names(block)
-                name = pax.get("path", name)
-                linkname = pax.get("linkpath", linkname)
-        except (fmt.FormatError, ValueError) as exc:
+            member, header_bytes = parse_member(self._read, start)
+        except EndOfArchive:
+            raise Incomplete(f"{self.device_name}: end-of-archive blocks at byte {start}"
+                             " without a trailer: the archive is incomplete") from None
+        except fmt.FormatError as exc:
             raise ArchiveDamaged(f"{self.device_name}: damaged header at byte {start}: {exc}") from None
-        if size < 0:
-            raise ArchiveDamaged(f"{self.device_name}: negative size at byte {start}")
-        member = Member(name, typeflag, size, mtime, linkname, pax, start, self.offset)
         is_message_data = member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR
         if member.kind != fmt.TRAILER:
             self.digest.update(b"".join(header_bytes))
+        size = member.size
         self._pending = size + len(fmt.padding(size))
         self._pending_digest = not is_message_data and member.kind != fmt.TRAILER
         self.stats.members += 1
@@ -215,24 +260,14 @@ class ArchiveReader:
 
     # -- sequential reading ----------------------------------------------------------
 
-    def read_header(self) -> dict[str, Any]:
+    def read_header(self) -> ArchiveHeader:
         member = self._next_member()
         if member.kind != fmt.HEADER or member.typeflag != fmt.REGULAR:
             raise ArchiveDamaged(f"{self.device_name}: not an imsbackup archive (first member"
                                  f" is {member.name!r})")
-        header = self.read_json(member)
-        if header.get("format") != fmt.FORMAT_NAME:
-            raise ArchiveDamaged(f"{self.device_name}: not an imsbackup archive")
-        if header.get("version") != fmt.FORMAT_VERSION:
-            raise ArchiveDamaged(f"{self.device_name}: archive format version"
-                                 f" {header.get('version')} is not supported")
-        written_with = header.get("blocking_factor")
-        if written_with != self.blocking_factor:
-            raise ArchiveDamaged(f"{self.device_name}: wrong blocking factor: the archive was"
-                                 f" written with -b {written_with}, read with -b"
-                                 f" {self.blocking_factor}")
-        self.header = header
-        return header
+        self.header = decode_header(self.read_json(member), self.device_name,
+                                    self.blocking_factor)
+        return self.header
 
     def members(self) -> Iterator[Member]:
         """Every member after the header, up to and including a verified trailer.
@@ -256,16 +291,19 @@ class ArchiveReader:
                     self.stats.links += 1
                 elif member.typeflag == fmt.REGULAR:
                     self.stats.messages += 1
+            if self.decode_records:
+                decode_record(member)
             yield member
 
     def _finish(self, member: Member, digest_before: Any) -> None:
-        trailer = self.read_json(member)
+        body = self.read_json(member)
+        trailer = TrailerRecord.decode(body, f"{self.device_name}: the trailer at byte {member.offset}")
         problems = []
-        if trailer.get("trailer_offset") != member.offset:
+        if trailer.trailer_offset != member.offset:
             problems.append("its offset does not match")
-        if trailer.get("digest") != "sha256:" + digest_before.hexdigest():
+        if trailer.digest != "sha256:" + digest_before.hexdigest():
             problems.append("the digest over the members does not match")
-        counts = trailer.get("counts") or {}
+        counts = trailer.counts
         if (counts.get("messages"), counts.get("links"), counts.get("folders")) != (
                 self.stats.messages, self.stats.links, self.stats.folders):
             problems.append("its counts do not match the members read")
@@ -278,8 +316,9 @@ class ArchiveReader:
 
     # -- random access (seekable archives) -------------------------------------------
 
-    def locate_trailer(self) -> dict[str, Any] | None:
-        """The trailer of a seekable archive, found from the end; None when there is none."""
+    def locate_trailer(self) -> TrailerRecord | None:
+        """The trailer of a seekable archive, found from the end; None when there is none.
+        Raises ``RecordError`` when it is there but its values are not valid."""
         if not self.seekable or not self.file_size:
             return None
         name = fmt.TRAILER_NAME.encode()
@@ -292,47 +331,51 @@ class ArchiveReader:
             position -= position % fmt.BLOCK
             while position >= 0:
                 if data[position:position + len(name) + 1] == name + b"\0":
-                    member = self.member_at(start + position)
+                    member = self._member_by_name_block(start + position)
                     if member is not None and member.kind == fmt.TRAILER:
                         body = self._json_at(member)
-                        if body is not None and body.get("trailer_offset") is not None:
-                            return body
+                        if isinstance(body, dict) and body.get("trailer_offset") is not None:
+                            return TrailerRecord.decode(
+                                body, f"{self.device_name}: the trailer at byte {member.offset}")
                 position -= fmt.BLOCK
             if start == 0 or tail > 512 << 20:
                 return None
             tail *= 4
 
-    def member_at(self, offset: int) -> Member | None:
-        """Parse the member whose (pax or ustar) header starts at ``offset``."""
-        try:
-            block = os.pread(self.fd, fmt.BLOCK, offset)
-            head = fmt.parse_ustar(block)
-            pax: dict[str, str] = {}
-            position = offset + fmt.BLOCK
-            if head["typeflag"] == fmt.PAX:
-                if head["size"] > MAX_PAX_PAYLOAD:
-                    return None
-                pax = fmt.parse_pax(os.pread(self.fd, head["size"], position))
-                position += head["size"] + len(fmt.padding(head["size"]))
-                head = fmt.parse_ustar(os.pread(self.fd, fmt.BLOCK, position))
-                position += fmt.BLOCK
-            size = int(pax.get("size", head["size"]))
-        except (fmt.FormatError, ValueError):
-            return None
-        if not pax and offset >= 2 * fmt.BLOCK:
-            # a ustar header found by name: step back to its pax header if there is one
-            for back in range(1, 5):
-                candidate = offset - back * fmt.BLOCK
-                try:
-                    earlier = fmt.parse_ustar(os.pread(self.fd, fmt.BLOCK, candidate))
-                except fmt.FormatError:
-                    continue
-                if earlier["typeflag"] == fmt.PAX:
-                    return self.member_at(candidate)
+    def _member_by_name_block(self, offset: int) -> Member | None:
+        """The member whose ustar header (found by its name) is at ``offset``: steps back to
+        its pax header when there is one."""
+        for back in range(1, 5):
+            candidate = offset - back * fmt.BLOCK
+            if candidate < 0:
                 break
-        return Member(pax.get("path", head["name"]), head["typeflag"], size,
-                      int(pax.get("mtime", head["mtime"])), pax.get("linkpath", head["linkname"]),
-                      pax, offset, position)
+            try:
+                earlier = fmt.parse_header_fast(os.pread(self.fd, fmt.BLOCK, candidate))
+            except fmt.FormatError:
+                continue
+            if earlier[0] == fmt.PAX:
+                return self.member_at(candidate)
+            break
+        return self.member_at(offset)
+
+    def member_at(self, offset: int) -> Member | None:
+        """Parse the member whose (pax or ustar) header starts at ``offset``; None when
+        there is no valid header there."""
+        position = offset
+
+        def read(count: int) -> bytes:
+            nonlocal position
+            data = os.pread(self.fd, count, position)
+            if len(data) < count:
+                raise fmt.FormatError("the archive ends inside a header")
+            position += count
+            return data
+
+        try:
+            member, _ = parse_member(read, offset)
+        except fmt.FormatError:
+            return None
+        return member
 
     def _json_at(self, member: Member) -> Any:
         if member.size > MAX_JSON_MEMBER:
@@ -366,7 +409,7 @@ class ArchiveReader:
         return data
 
     def members_between(self, start: int, end: int) -> Iterator[Member]:
-        """Members whose headers start in [start, end), by offset (JSON bodies parsed)."""
+        """Members whose headers start in [start, end), by offset, records decoded."""
         position = start
         while position < end:
             member = self.member_at(position)
@@ -374,6 +417,7 @@ class ArchiveReader:
                 raise ArchiveDamaged(f"{self.device_name}: damaged header at byte {position}")
             if member.kind in (fmt.USER, fmt.FOLDER, fmt.HEADER):
                 self.json_at(member)
+            decode_record(member)
             yield member
             data_size = 0 if member.is_link else member.size
             position = member.data_offset + data_size + len(fmt.padding(data_size))
@@ -385,46 +429,40 @@ class ArchiveReader:
         return None
 
 
-@dataclass
-class FolderExtent:
-    partition: str
-    user: str
-    folder: str
-    offset: int
-    end: int
-    messages: int
+def decode_header(body: dict[str, Any], device_name: str, blocking_factor: int) -> ArchiveHeader:
+    """The header member's checks (format, version, blocking factor) and its record."""
+    if body.get("format") != fmt.FORMAT_NAME:
+        raise ArchiveDamaged(f"{device_name}: not an imsbackup archive")
+    if body.get("version") != fmt.FORMAT_VERSION:
+        raise ArchiveDamaged(f"{device_name}: archive format version"
+                             f" {body.get('version')} is not supported")
+    header = ArchiveHeader.decode(body, f"{device_name}: the archive header")
+    if header.blocking_factor != blocking_factor:
+        raise ArchiveDamaged(f"{device_name}: wrong blocking factor: the archive was"
+                             f" written with -b {header.blocking_factor}, read with -b"
+                             f" {blocking_factor}")
+    return header
 
 
-@dataclass
-class ArchiveIndex:
-    """The trailer's index of a seekable archive."""
+def peek_header(data: bytes) -> ArchiveHeader | None:
+    """The header record from the first bytes of a stream, or None."""
+    position = 0
 
-    folders: list[FolderExtent] = field(default_factory=list)
-    users: list[dict[str, Any]] = field(default_factory=list)
+    def read(count: int) -> bytes:
+        nonlocal position
+        chunk = data[position:position + count]
+        if len(chunk) < count:
+            raise fmt.FormatError("short")
+        position += count
+        return chunk
 
-    @classmethod
-    def from_trailer(cls, trailer: dict[str, Any]) -> "ArchiveIndex":
-        folders = [FolderExtent(e["partition"], e["user"], e["folder"], e["offset"], e["end"],
-                                e["messages"]) for e in trailer.get("index", [])]
-        return cls(folders, list(trailer.get("users", [])))
-
-    def folder(self, partition: str, user: str, folder: str) -> FolderExtent | None:
-        for extent in self.folders:
-            if (extent.partition, extent.user, extent.folder) == (partition, user, folder):
-                return extent
-        return None
-
-
-def peek_header(data: bytes) -> dict[str, Any] | None:
-    """The header member's JSON from the first bytes of a stream, or None."""
     try:
-        head = fmt.parse_ustar(data[:fmt.BLOCK])
-        position = fmt.BLOCK
-        if head["typeflag"] == fmt.PAX:
-            position += head["size"] + len(fmt.padding(head["size"]))
-            head = fmt.parse_ustar(data[position:position + fmt.BLOCK])
-            position += fmt.BLOCK
-        body = json.loads(data[position:position + head["size"]])
-    except (fmt.FormatError, ValueError):
+        member, _ = parse_member(read, 0)
+        if member.kind != fmt.HEADER:
+            return None
+        body = json.loads(read(member.size))
+        if not isinstance(body, dict) or body.get("format") != fmt.FORMAT_NAME:
+            return None
+        return ArchiveHeader.decode(body, "the archive header")
+    except (fmt.FormatError, ValueError, RecordError):
         return None
-    return body if isinstance(body, dict) and body.get("format") == fmt.FORMAT_NAME else None

@@ -14,16 +14,17 @@ import click
 from ims.archive import format as fmt
 from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader, peek_header
-from ims.chain import MergedStream, build_plan
 from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog, run,
                             setup_debug_log, warn)
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
-from ims.errors import ConfigError, DeviceError, ExitCode, UsageError
+from ims.errors import DeviceError, ExitCode, UsageError
 from ims.names import validate_encoding
-from ims.restore import (RestoreOptions, RestoreReport, Restorer, parse_selection, read_refs,
-                         read_user_map, restore_refs, write_refs)
-from ims.store.maildir import LayoutError, MaildirStore
+from ims.restore import session
+from ims.restore.engine import RestoreOptions, RestoreReport
+from ims.restore.plan import DEFAULT_UID_MARGIN
+from ims.restore.refs import read_refs, write_refs
+from ims.restore.selection import parse_selection, read_user_map
 
 PROG = "imsrestore"
 
@@ -71,10 +72,10 @@ def copy_to_where(fd: int, where: Path, names: tuple[str, ...]) -> Path:
         where.mkdir(parents=True, exist_ok=True)
         with open(fd, "rb", closefd=False) as source:
             first = source.read(1 << 16)
-            header = peek_header(first) or {}
+            header = peek_header(first)
             stamp = time.strftime("%Y%m%d-%H%M%S",
-                                  time.localtime(header.get("created") or time.time()))
-            kind = "incr" if header.get("since") else "full"
+                                  time.localtime(header.created if header else time.time()))
+            kind = "incr" if header is not None and header.since is not None else "full"
             target = where / f"{label}.{stamp}.{kind}.ims"
             temp = target.with_name(target.name + ".partial")
             with open(temp, "wb") as out:
@@ -118,6 +119,13 @@ def copy_to_where(fd: int, where: Path, names: tuple[str, ...]) -> Path:
               help="Seconds to wait for a folder's lock before giving up (exit 3).")
 @click.option("--batch", type=click.IntRange(1), default=500, show_default=True,
               help="Messages added to an existing folder per hold of its lock.")
+@click.option("--allow-gaps", is_flag=True,
+              help="Restore a chain even when an incremental does not reach back to the"
+                   " archive before it (mail of the gap may be missing).")
+@click.option("--uid-margin", type=click.IntRange(0, 1 << 30), default=DEFAULT_UID_MARGIN,
+              show_default=True,
+              help="How far above its archived next UID a folder restored whole starts"
+                   " handing out UIDs (covers mail that arrived after the backup).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @config_dir_option
 @click.argument("names", nargs=-1)
@@ -125,7 +133,8 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
             dump_header: bool, ignore_existing: bool, map_file: str | None, new_sibling: bool,
             refs_in: str | None, list_only: bool, verbosity: int, partition: str | None,
             where: str | None, refs_out: str | None, sync: bool, lock_timeout: float,
-            batch: int, as_json: bool, config_dir: str | None, names: tuple[str, ...]) -> None:
+            batch: int, allow_gaps: bool, uid_margin: int, as_json: bool,
+            config_dir: str | None, names: tuple[str, ...]) -> None:
     encoding = validate_encoding(encoding)
     if len(devices) > 1 and (where or refs_in or dump_header or "-" in devices):
         raise UsageError("several -f (a chain) are restored from files, without --where, -r, -h")
@@ -147,64 +156,55 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
     reader = ArchiveReader(fd, device_name, blocking)
     if dump_header:
         header = reader.read_header()
-        click.echo(json.dumps(header, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(header.raw, indent=2, ensure_ascii=False))
         raise CommandResult(ExitCode.OK)
 
     config = Config.load(config_dir_path(config_dir))
     if verbosity >= 3:
         setup_debug_log(config.logdir(), PROG)
-    try:
-        store = MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")
-    except LayoutError as exc:
-        raise ConfigError(f"{config.msg.path}: store.maildir.layout: {exc}") from None
-    if partition is not None and partition not in store.partition_dirs:
-        raise UsageError(f"--partition {partition}: not a configured partition"
-                         f" ({', '.join(store.partition_dirs)})")
+    store = session.open_store(config)
+    session.check_partition(store, partition)
+    writer = session.store_writer(config, store, session.WriterSettings(lock_timeout, sync, batch))
     options = RestoreOptions(patterns=tuple(patterns), ignore_existing=ignore_existing,
                              new_sibling=new_sibling, user_map=user_map, partition=partition,
-                             lock_timeout=lock_timeout, sync=sync, list_only=list_only,
-                             batch=batch)
+                             list_only=list_only, uid_margin=uid_margin)
     decide = make_decider(answer, device == "-")
+    emit = (lambda line: click.echo(line)) if list_only else (
+        (lambda line: click.echo(f"{PROG}: {line}", err=True)) if verbosity >= 2 else None)
 
     if len(devices) > 1:
         readers = [reader] + [ArchiveReader(open_input(d)[0], d, blocking) for d in devices[1:]]
-        plan = build_plan(readers)
-        merged = MergedStream(plan, blocking, list(names))
-        emit = (lambda line: click.echo(line)) if list_only else None
-        try:
-            report = Restorer(config, store, options, decide, emit).run(
-                ArchiveReader(merged.read_fd, "the merged chain", blocking))
-        finally:
-            merged.close()
-        report.skipped.extend(f"{m}: its bytes are in no archive of the chain" for m in plan.missing)
-        reader = readers[-1]
+        report, header = session.restore_chain(writer, readers, options, decide, allow_gaps, emit)
+        source_name = " ".join(devices)
     elif refs_in:
         if not reader.seekable:
             raise UsageError("-r needs the archive as a file (-f FILE), not a pipe")
         _, entries = read_refs(refs_in)
-        report = restore_refs(config, store, reader, entries, options, decide)
+        report, header = session.restore_refs(writer, reader, entries, options, decide)
+        source_name = device_name
     else:
-        emit = (lambda line: click.echo(line)) if list_only else (
-            (lambda line: click.echo(f"{PROG}: {line}", err=True)) if verbosity >= 2 else None)
         if not reader.seekable and not list_only:
             # a stream: parse and check it in a second process while this one writes files
             reader = PrefetchReader(fd, device_name, blocking)
         try:
-            report = Restorer(config, store, options, decide, emit).run(reader)
+            report, header = session.restore_archive(writer, reader, options, decide, emit)
         finally:
             if isinstance(reader, PrefetchReader):
                 reader.close()
-        if names and not report.matched and report.complete:
-            raise UsageError(f"{' '.join(names)}: not in the archive {device_name}")
+        source_name = device_name
+    if names and not refs_in and not report.matched and report.complete:
+        raise UsageError(f"{' '.join(names)}: not in the archive {source_name}")
 
     refs_path = None
     if report.unresolved:
         refs_path = Path(refs_out) if refs_out else Path.cwd() / time.strftime(
             "imsrestore-refs-%Y%m%d-%H%M%S.json")
-        write_refs(refs_path, reader.header, report.unresolved)
+        write_refs(refs_path, header.created, header.host, report.unresolved)
         click.echo(f"{PROG}: {len(report.unresolved)} message(s) need a copy stored elsewhere"
                    f" in the archive; references written to {refs_path}; complete with:"
                    f" imsrestore -r {refs_path} -f ARCHIVE-FILE", err=True)
+    for line in report.notes:
+        click.echo(f"{PROG}: note: {line}", err=True)
     for line in report.damaged:
         click.echo(f"{PROG}: error: {line}", err=True)
     for line in report.locked:
@@ -229,6 +229,7 @@ def summary(report: RestoreReport, code: int, refs_path: Path | None) -> dict:
         "folders_whole": report.folders_whole, "folders_merged": report.folders_merged,
         "unresolved": len(report.unresolved), "refs": str(refs_path) if refs_path else None,
         "damaged": report.damaged, "locked": report.locked, "skipped": report.skipped,
+        "notes": report.notes,
         "complete": report.complete, "seconds": round(report.seconds, 3),
     }
 

@@ -42,6 +42,10 @@ class FolderState:
     keywords: list[str]
     messages: list[MessageEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # oddities met while reading (bad lines)
+    # An upper bound of the folder's CONDSTORE HIGHESTMODSEQ, read after the messages were
+    # listed (None: never indexed, or the store keeps none); a whole-folder restore starts
+    # the folder above it so that QRESYNC clients resynchronise (ims.store.modseq).
+    highest_modseq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,3 +82,81 @@ class StoreReader(Protocol):
     def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
         """False only when no message can have been stored, copied, renamed or expunged in
         the folder since that time (so its state is the one a backup at that time saw)."""
+
+
+# -- the write side: what a restore needs from a store ---------------------------------------
+
+@dataclass(frozen=True)
+class LiveFolder:
+    """A folder of the live store as a restore sees it before deciding how to restore it."""
+
+    exists: bool
+    pristine: bool       # exists but has never handed out a UID (Dovecot recreated it empty)
+
+
+@dataclass(frozen=True)
+class WholeFolder:
+    """The state a folder restored whole comes back with (decided by ``ims.restore.plan``)."""
+
+    uidvalidity: int | None      # None: the store never assigned one; it will choose
+    next_uid: int
+    guid: str | None
+    keywords: tuple[str, ...]
+    modseq: int | None = None    # the lowest modseq the restored folder may report
+
+
+@dataclass
+class Landed:
+    """What a folder writer put into the store: counted when it landed, never before."""
+
+    messages: int = 0            # messages now in the folder (data or hard link)
+    links: int = 0               # of which hard links to a file restored in this run
+    bytes: int = 0               # message bytes written
+    already_there: int = 0       # rule 2: the folder had them; left as they are
+    whole: bool = False          # the folder came back whole (rule 1)
+    merged: bool = False         # messages were added to a live folder (rule 2)
+
+
+class RestoredFile(Protocol):
+    """A message file restored in this run, which later messages may hard-link to."""
+
+    def path(self) -> object: ...
+
+
+class FolderWriter(Protocol):
+    """One folder being restored.  ``add``/``add_link`` may raise ``OSError`` (the message is
+    not written) or ``StoreLocked`` (a batch could not be committed: the run must stop);
+    ``commit`` makes the folder's messages visible; ``abort`` removes whatever was staged and
+    not yet committed.  ``landed`` says what is in the store, also after an abort."""
+
+    landed: Landed
+
+    def add(self, message, data: bytes | memoryview) -> RestoredFile: ...
+
+    def add_link(self, message, source: RestoredFile) -> RestoredFile: ...
+
+    def commit(self) -> Landed: ...
+
+    def abort(self) -> None: ...
+
+
+class StoreWriter(Protocol):
+    """The restore's view of a store; messages are ``ims.archive.records.MessageRecord``."""
+
+    def has_partition(self, partition: str) -> bool: ...
+
+    def live_folder(self, partition: str, user: str, folder: str) -> LiveFolder: ...
+
+    def free_sibling(self, partition: str, user: str, folder: str, suffix: str) -> str: ...
+
+    def prepare_user(self, partition: str, user: str) -> None: ...
+
+    def restore_whole(self, partition: str, user: str, folder: str,
+                      whole: WholeFolder) -> FolderWriter: ...
+
+    def add_to_folder(self, partition: str, user: str, folder: str,
+                      check_existing: bool) -> FolderWriter: ...
+
+    def add_subscriptions(self, partition: str, user: str, names: list[str]) -> None: ...
+
+    def read_file(self, restored: RestoredFile) -> bytes: ...

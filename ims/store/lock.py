@@ -25,8 +25,10 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class FolderLock:
-    def __init__(self, folder_dir: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = folder_dir / LOCK_NAME
+    def __init__(self, folder_dir: Path, timeout: float = DEFAULT_TIMEOUT,
+                 name: str = LOCK_NAME) -> None:
+        # ``name``: Dovecot takes other files' dotlocks the same way (``subscriptions.lock``)
+        self.path = folder_dir / name
         self.timeout = timeout
         self.inode: int | None = None
 

@@ -14,18 +14,21 @@ gone is reported as vanished (None), never as an error.
 Next UID: the largest of the uidlist header's N, its last UID + 1 and ``next_uid`` in the
 header of ``dovecot.index`` (DESIGN §5).  Keywords are the letters a-z of the file name,
 mapped through the folder's ``dovecot-keywords``; Dovecot keeps any keyword past the 26th
-only in its index, which this driver does not read (documented in the guide).
+only in its index, which this driver does not read (documented in the guide).  The folder's
+HIGHESTMODSEQ is an upper bound read from its transaction log (``ims.store.modseq``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 from typing import Iterator
 
-from ims.store import mutf7, uidlist
+from ims.store import modseq, mutf7, uidlist
 from ims.store.base import FolderState, MessageEntry, UserInfo
+from ims.store.subscriptions import parse_subscriptions, read_subscriptions  # noqa: F401
 
 INBOX = "INBOX"
 _SYSTEM_FLAGS = frozenset("DFPRST")
@@ -118,24 +121,6 @@ def parse_keywords_file(data: str) -> list[str]:
     return [slots.get(i, "") for i in range(max(slots) + 1)]
 
 
-def parse_subscriptions(data: str) -> list[str]:
-    """Dovecot's ``subscriptions`` file (``V\\t2`` header, TAB-separated levels) or the old
-    one-name-a-line form; names returned decoded with ``/`` as separator."""
-    lines = data.split("\n")
-    if lines and lines[0].startswith("V\t"):
-        lines = lines[1:]
-    result: list[str] = []
-    for line in lines:
-        if not line:
-            continue
-        levels = line.split("\t") if "\t" in line else line.split("/")
-        try:
-            result.append("/".join(mutf7.decode(level) for level in levels))
-        except ValueError:
-            result.append("/".join(levels))
-    return result
-
-
 class MaildirFolderReader:
     """An open folder: its state as listed, and access to its message files."""
 
@@ -212,6 +197,9 @@ class MaildirFolderReader:
             for sub, names in self._list().items():
                 add(sub, names)
         messages.sort(key=_uid_order)
+        # Read last: modseqs only grow, so a bound read after the listing covers every change
+        # the listing can reflect (a restore seeds the folder above it).
+        highest_modseq = modseq.read_highest_modseq(self.folder_fd)
         return FolderState(
             name=name,
             uidvalidity=uids.uidvalidity if uids else None,
@@ -220,6 +208,7 @@ class MaildirFolderReader:
             keywords=keywords,
             messages=messages,
             notes=notes,
+            highest_modseq=highest_modseq,
         )
 
     def _read_small(self, filename: str) -> bytes:
@@ -320,9 +309,12 @@ class MaildirStore:
         root = self.maildir(partition, user)
         st = os.stat(root)
         try:
-            subscriptions = parse_subscriptions(
-                (root / "subscriptions").read_text(encoding="utf-8", errors="replace"))
-        except FileNotFoundError:
+            subscriptions = read_subscriptions(root)
+        except OSError as exc:
+            # a symlinked file is not followed (root would read whatever it names); one
+            # oddity of this file must not cost the user's whole backup
+            if exc.errno != errno.ELOOP:
+                raise
             subscriptions = []
         return UserInfo(partition, user, st.st_uid, st.st_gid, tuple(subscriptions))
 

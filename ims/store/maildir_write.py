@@ -38,9 +38,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ims.archive.records import MessageRecord
+from ims.errors import StoreLocked
+from ims.restore.plan import Placement, merge_next_uid, plan_merge
 from ims.store import uidlist
+from ims.store.base import Landed, LiveFolder, WholeFolder
 from ims.store.lock import FolderLock, process_alive
-from ims.store.maildir import INBOX, parse_keywords_file
+from ims.store.maildir import INBOX, MaildirStore, folder_to_dirname, parse_keywords_file
+from ims.store.subscriptions import merge_subscriptions
 
 _SYSTEM_FLAGS = "DFPRST"
 _RENAME_NOREPLACE = 1
@@ -78,18 +83,6 @@ class Owner:
             os.fchown(path, self.uid, self.gid)
         else:
             os.chown(path, self.uid, self.gid, follow_symlinks=False)
-
-
-@dataclass
-class Message:
-    """A message to restore, in store-neutral terms."""
-
-    key: str
-    uid: int | None
-    flags: str
-    keywords: tuple[str, ...]
-    internaldate: int
-    is_new: bool = False
 
 
 def make_dirs(path: Path, owner: Owner) -> None:
@@ -154,9 +147,11 @@ def replace_file(directory: Path, name: str, text: str, owner: Owner) -> None:
     os.replace(path, os.path.join(directory, name))
 
 
-def file_name(message: Message, letters: dict[str, str]) -> tuple[str, str]:
-    """(sub-directory, file name) of a message: ``new/<key>`` or ``cur/<key>:2,<flags>``."""
-    if message.is_new and not message.flags and not message.keywords:
+def file_name(message: MessageRecord, letters: dict[str, str],
+              as_seen: bool = False) -> tuple[str, str]:
+    """(sub-directory, file name) of a message: ``new/<key>`` or ``cur/<key>:2,<flags>``;
+    ``as_seen``: always in ``cur/`` (rule 2 adds messages a client has not seen as such)."""
+    if message.is_new and not as_seen and not message.flags and not message.keywords:
         return "new", message.key
     flags = [f for f in message.flags if f in _SYSTEM_FLAGS]
     flags += [letters[k] for k in message.keywords if k in letters]
@@ -167,124 +162,173 @@ def keyword_letters(names: list[str]) -> dict[str, str]:
     return {name: chr(97 + i) for i, name in enumerate(names) if name and i < 26}
 
 
-def folder_dir(maildir: Path, folder: str, encode) -> Path:
-    return maildir if folder == INBOX else maildir / encode(folder)
+class Placed:
+    """A message file restored in this run (``RestoredFile``): where it is now.  It moves
+    when its folder is renamed into place or handed over to rule 2."""
+
+    __slots__ = ("folder", "handle")
+
+    def __init__(self, folder: "NewFolder | ExistingFolder", handle: str | Path) -> None:
+        self.folder = folder
+        self.handle = handle
+
+    def path(self) -> Path:
+        return self.folder.current_path(self.handle)
 
 
 class NewFolder:
     """Rule 1: build the folder aside and move it into place as a whole."""
 
-    def __init__(self, target: Path, aside: Path, owner: Owner, state: dict, is_inbox: bool,
-                 sync: bool = False) -> None:
+    def __init__(self, target: Path, aside: Path, owner: Owner, whole: WholeFolder,
+                 is_inbox: bool, lock_timeout: float, sync: bool = False,
+                 batch_size: int = 500) -> None:
         self.target = target
         self.aside = aside
         self.owner = owner
-        self.state = state
+        self.whole = whole
         self.is_inbox = is_inbox
+        self.lock_timeout = lock_timeout
         self.sync = sync
-        self.keywords: list[str] = list(state.get("keywords") or [])
+        self.batch_size = batch_size
+        self.keywords: list[str] = list(whole.keywords)
         self.letters = keyword_letters(self.keywords)
-        self.placed: list[tuple[Message, str]] = []   # message, "cur/<name>" in the aside dir
+        # message, "cur/<name>" in the aside dir, its Placed, bytes written (0: a link)
+        self.placed: list[tuple[MessageRecord, str, Placed, int]] = []
+        self.landed = Landed()
+        self._committed = False
         clean_stale(aside.parent)
         make_maildir(aside, owner, marker=not is_inbox)
         # descriptors stay valid when the folder is renamed into place
         self._dir_fds = {sub: os.open(aside / sub, os.O_RDONLY | os.O_DIRECTORY)
                          for sub in ("cur", "new")}
 
-    def _letters_for(self, message: Message) -> dict[str, str]:
+    def _letters_for(self, message: MessageRecord) -> dict[str, str]:
         for name in message.keywords:
             if name not in self.letters and len(self.keywords) < 26:
                 self.keywords.append(name)
                 self.letters[name] = chr(96 + len(self.keywords))
         return self.letters
 
-    def add(self, message: Message, data: bytes | memoryview) -> str:
-        """Write the message; returns the handle ``current_path`` resolves later."""
+    def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
         write_file(self._dir_fds[sub], name, data, message.internaldate, self.owner, self.sync)
-        self.placed.append((message, f"{sub}/{name}"))
-        return f"{sub}/{name}"
+        return self._placed(message, f"{sub}/{name}", len(data))
 
-    def add_link(self, message: Message, source: Path) -> str:
+    def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
-        os.link(source, name, dst_dir_fd=self._dir_fds[sub], follow_symlinks=False)
-        self.placed.append((message, f"{sub}/{name}"))
-        return f"{sub}/{name}"
+        os.link(source.path(), name, dst_dir_fd=self._dir_fds[sub], follow_symlinks=False)
+        return self._placed(message, f"{sub}/{name}", 0)
 
-    def current_path(self, handle: str) -> Path:
+    def _placed(self, message: MessageRecord, relative: str, size: int) -> Placed:
+        placed = Placed(self, relative)
+        self.placed.append((message, relative, placed, size))
+        return placed
+
+    def current_path(self, handle: str | Path) -> Path:
         return self.aside / handle
 
     def _uidlist_text(self) -> str:
-        with_uid = sorted((m.uid, m.key) for m, _ in self.placed if m.uid is not None)
-        highest = with_uid[-1][0] if with_uid else 0
-        next_uid = max(int(self.state.get("next_uid") or 1), highest + 1)
-        header = f"3 V{self.state['uidvalidity']} N{next_uid}"
-        if self.state.get("guid"):
-            header += f" G{self.state['guid']}"
+        with_uid = sorted((m.uid, m.key) for m, _, _, _ in self.placed if m.uid is not None)
+        header = f"3 V{self.whole.uidvalidity} N{self.whole.next_uid}"
+        if self.whole.guid:
+            header += f" G{self.whole.guid}"
         return "\n".join([header] + [f"{uid} :{key}" for uid, key in with_uid]) + "\n"
 
-    def close_fds(self) -> None:
+    def _keywords_text(self) -> str:
+        return "".join(f"{i} {k}\n" for i, k in enumerate(self.keywords))
+
+    def _close_fds(self) -> None:
         for fd in self._dir_fds.values():
             os.close(fd)
         self._dir_fds = {}
 
-    def commit(self) -> bool:
-        """Move the folder into place; False when it exists by now (use rule 2 instead)."""
-        self.close_fds()
-        if self.state.get("uidvalidity"):
+    def _count_all(self) -> None:
+        for _, _, _, size in self.placed:
+            self.landed.messages += 1
+            self.landed.links += size == 0
+            self.landed.bytes += size
+        self.landed.whole = True
+
+    def commit(self) -> Landed:
+        """Move the folder into place.  If it appeared meanwhile: still empty (Dovecot
+        recreated it), the files go in under its lock; with mail, rule 2 takes them."""
+        self._close_fds()
+        if self.whole.uidvalidity:
             replace_file(self.aside, "dovecot-uidlist", self._uidlist_text(), self.owner)
         if self.keywords:
-            replace_file(self.aside, "dovecot-keywords",
-                         "".join(f"{i} {k}\n" for i, k in enumerate(self.keywords)), self.owner)
+            replace_file(self.aside, "dovecot-keywords", self._keywords_text(), self.owner)
+        if self.whole.modseq is not None:
+            seed_modseq(self.aside, self.whole.modseq, self.owner.uid, self.owner.gid)
         if self.sync:
             _sync_dir(self.aside / "cur")
             _sync_dir(self.aside)
         try:
             rename_noreplace(self.aside, self.target)
         except FileExistsError:
-            return False
+            return self._commit_into_existing()
         if self.sync:
             _sync_dir(self.target.parent)
         self.aside = self.target
-        return True
+        self._committed = True
+        self._count_all()
+        return self.landed
 
-    def commit_into_existing(self, lock_timeout: float) -> bool:
-        """The folder exists but has never handed out a UID: move the files in under the
-        lock, the uidlist last, and drop Dovecot's index.  False when it has mail by now."""
-        self.close_fds()
-        lock = FolderLock(self.target, lock_timeout)
+    def _commit_into_existing(self) -> Landed:
+        lock = FolderLock(self.target, self.lock_timeout)
         lock.acquire()
         try:
-            if not is_pristine(self.target):
-                return False
-            for _, relative in self.placed:
-                os.rename(self.aside / relative, self.target / relative)
-            if self.keywords:
-                replace_file(self.target, "dovecot-keywords",
-                             "".join(f"{i} {k}\n" for i, k in enumerate(self.keywords)),
-                             self.owner)
-            remove_index_files(self.target)
-            if self.state.get("uidvalidity"):
-                replace_file(self.target, "dovecot-uidlist", self._uidlist_text(), self.owner)
+            if is_pristine(self.target):
+                for _, relative, _, _ in self.placed:
+                    os.rename(self.aside / relative, self.target / relative)
+                if self.keywords:
+                    replace_file(self.target, "dovecot-keywords", self._keywords_text(), self.owner)
+                remove_index_files(self.target)
+                if self.whole.modseq is not None:
+                    try:
+                        seed_modseq(self.target, self.whole.modseq, self.owner.uid,
+                                    self.owner.gid)
+                    except FileExistsError:
+                        # Dovecot reopened the INBOX meanwhile (a session, a delivery): once
+                        # more, then without the seed rather than over a live log
+                        remove_index_files(self.target)
+                        try:
+                            seed_modseq(self.target, self.whole.modseq, self.owner.uid,
+                                        self.owner.gid)
+                        except FileExistsError:
+                            pass
+                if self.whole.uidvalidity:
+                    replace_file(self.target, "dovecot-uidlist", self._uidlist_text(), self.owner)
+                handed_over = None
+            else:
+                handed_over = self._hand_over()
         finally:
             lock.release()
+        if handed_over is not None:       # after the lock: rule 2 takes it itself
+            self.landed = handed_over.commit()
+            self.landed.merged = True
+            return self.landed
         shutil.rmtree(self.aside, ignore_errors=True)
         self.aside = self.target
-        return True
+        self._committed = True
+        self._count_all()
+        return self.landed
 
-    def hand_over(self, other: "ExistingFolder") -> dict[str, Path]:
-        """The folder appeared meanwhile: give the built messages to rule 2; returns where
-        each file (by handle) went."""
-        self.close_fds()
-        moved = {relative: other.adopt(message, self.aside / relative)
-                 for message, relative in self.placed}
+    def _hand_over(self) -> "ExistingFolder":
+        """Dovecot created the folder and delivered to it meanwhile: the built messages are
+        given to rule 2 (new UIDs); every ``Placed`` follows its file."""
+        other = ExistingFolder(self.target, self.owner, self.lock_timeout, True, self.sync,
+                               self.batch_size)
+        for message, relative, placed, size in self.placed:
+            placed.folder, placed.handle = other, other.adopt(message, self.aside / relative, size)
         self.placed = []
         shutil.rmtree(self.aside, ignore_errors=True)
-        return moved
+        return other
 
-    def discard(self) -> None:
-        self.close_fds()
-        shutil.rmtree(self.aside, ignore_errors=True)
+    def abort(self) -> None:
+        """Nothing of the folder reaches the store (an interrupted or invalid restore)."""
+        self._close_fds()
+        if not self._committed:
+            shutil.rmtree(self.aside, ignore_errors=True)
 
 
 class ExistingFolder:
@@ -298,57 +342,77 @@ class ExistingFolder:
         self.check_existing = check_existing
         self.sync = sync
         self.batch_size = batch_size
-        self.staged: list[tuple[Message, Path]] = []
-        self.already_there = 0
+        self.staged: list[tuple[MessageRecord, Path, int]] = []   # message, tmp/ file, bytes
+        self.landed = Landed(merged=True)
         self.moved: dict[Path, Path] = {}     # staged path -> where the message is now
         self._counter = 0
         make_maildir(path, owner, marker=False)
         clean_stale(path / "tmp")
         self._tmp = str(path / "tmp")
 
-    def current_path(self, handle: Path) -> Path:
-        return self.moved.get(handle, handle)
+    def current_path(self, handle: str | Path) -> Path:
+        return self.moved.get(Path(handle), Path(handle))
 
     def _stage_name(self) -> str:
         self._counter += 1
         return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
 
-    def add(self, message: Message, data: bytes | memoryview) -> Path:
-        return self._staged(message, Path(write_file(
-            self._tmp, self._stage_name(), data, message.internaldate, self.owner, self.sync)))
+    def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
+        path = Path(write_file(self._tmp, self._stage_name(), data, message.internaldate,
+                               self.owner, self.sync))
+        return Placed(self, self._stage(message, path, len(data)))
 
-    def add_link(self, message: Message, source: Path) -> Path:
+    def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         path = self.path / "tmp" / self._stage_name()
-        os.link(source, path, follow_symlinks=False)
-        return self._staged(message, path)
+        os.link(source.path(), path, follow_symlinks=False)
+        return Placed(self, self._stage(message, path, 0))
 
-    def _staged(self, message: Message, path: Path) -> Path:
+    def _stage(self, message: MessageRecord, path: Path, size: int) -> Path:
         """Queue a file written to tmp/; a full batch goes in under the lock at once."""
-        self.staged.append((message, path))
+        self.staged.append((message, path, size))
         if len(self.staged) >= self.batch_size:
-            self.commit()
+            self._commit_batch()
         return path
 
-    def adopt(self, message: Message, staged: Path) -> Path:
+    def adopt(self, message: MessageRecord, staged: Path, size: int) -> Path:
         """Take a file staged elsewhere on the same file system (a NewFolder that lost)."""
         path = self.path / "tmp" / self._stage_name()
         os.rename(staged, path)
-        self.staged.append((message, path))
+        self.staged.append((message, path, size))
         return path
 
-    def commit(self) -> None:
-        """Move the staged messages in, under the lock, each with the next UID."""
+    def commit(self) -> Landed:
+        self._commit_batch()
+        return self.landed
+
+    def abort(self) -> None:
+        """Remove what is staged and not committed; committed batches stay (each message in
+        them is complete, with its UID)."""
+        staged, self.staged = self.staged, []
+        for _, path, _ in staged:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _commit_batch(self) -> None:
+        """Move the staged messages in, under the lock, each with the next UID.  When the
+        lock cannot be had, everything staged is removed and ``StoreLocked`` raised."""
         if not self.staged:
             return
-        batch, self.staged = self.staged, []
         lock = FolderLock(self.path, self.lock_timeout)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except StoreLocked:
+            self.abort()
+            raise
+        batch, self.staged = self.staged, []
         try:
             self._commit_locked(batch)
         finally:
             lock.release()
 
-    def _commit_locked(self, batch: list[tuple[Message, Path]]) -> None:
+    def _commit_locked(self, batch: list[tuple[MessageRecord, Path, int]]) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             current = uidlist.read(fd)
@@ -358,49 +422,46 @@ class ExistingFolder:
         keywords = self._keywords()
         letters = keyword_letters(keywords)
         known = current.uids if current else {}
-        next_uid = max(current.effective_next_uid if current else 1, index_next or 1)
         on_disk: dict[str, str] = {}
         for sub in ("new", "cur"):
             for name in os.listdir(self.path / sub):
                 on_disk.setdefault(name.partition(":")[0], f"{sub}/{name}")
+        steps, next_uid = plan_merge(
+            [message.key for message, _, _ in batch], known, on_disk,
+            merge_next_uid(current.effective_next_uid if current else 1, index_next),
+            self.check_existing)
         lines: list[str] = []
         stale: set[str] = set()
         added_keywords = False
-        for message, staged in batch:
-            if message.key in known and message.key not in on_disk:
-                # Dovecot leaves an expunged message's line behind until it compacts the
-                # uidlist: a line without a file is not "there".  The line goes, so that the
-                # base name is listed once, with its new UID.
-                stale.add(message.key)
-            elif self.check_existing and message.key in known:
-                os.unlink(staged)           # already there: it keeps its live flags
-                self.already_there += 1
+        for (message, staged, size), step in zip(batch, steps):
+            if step.placement is Placement.ALREADY_THERE:
+                os.unlink(staged)           # it keeps its live flags
+                self.landed.already_there += 1
                 self.moved[staged] = self.path / on_disk[message.key]
                 continue
-            existing = on_disk.get(message.key)
-            if existing is not None and self.check_existing:
-                # a file without a uidlist line: left by a restore that was killed (or just
-                # delivered); give it its UID rather than a second copy
+            if step.drop_stale_line:
+                stale.add(message.key)
+            if step.placement is Placement.ADOPT:
                 os.unlink(staged)
-                final = self.path / existing
+                final = self.path / on_disk[message.key]
             else:
                 for name in message.keywords:
                     if name not in letters and len(keywords) < 26:
                         keywords.append(name)
                         letters[name] = chr(96 + len(keywords))
                         added_keywords = True
-                sub, name = file_name(Message(message.key, None, message.flags, message.keywords,
-                                              message.internaldate), letters)
+                sub, name = file_name(message, letters, as_seen=True)
+                if step.placement is Placement.COPY:
+                    # -i: a second copy needs a base name of its own
+                    name = name.replace(message.key, f"{message.key}.r{step.uid}", 1)
                 final = self.path / sub / name
-                if existing is not None:    # -i: a second copy needs a base name of its own
-                    final = self.path / sub / name.replace(message.key, message.key + ".r"
-                                                           + str(next_uid), 1)
                 os.rename(staged, final)
-                on_disk[message.key] = f"{sub}/{final.name}"
+                on_disk[message.key] = f"{sub}/{name}"
             self.moved[staged] = final
-            key = final.name.partition(":")[0]
-            lines.append(f"{next_uid} :{key}")
-            next_uid += 1
+            lines.append(f"{step.uid} :{final.name.partition(':')[0]}")
+            self.landed.messages += 1
+            self.landed.links += size == 0
+            self.landed.bytes += size
         if added_keywords:
             replace_file(self.path, "dovecot-keywords",
                          "".join(f"{i} {k}\n" for i, k in enumerate(keywords)), self.owner)
@@ -451,6 +512,8 @@ class ExistingFolder:
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+
 
 
 def is_pristine(path: Path) -> bool:
@@ -515,3 +578,103 @@ def _sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def seed_modseq(folder: Path, modseq: int, uid: int, gid: int) -> None:
+    """Make Dovecot's first open of a restored folder start at ``modseq``."""
+    from ims.store import modseq as dovecot_modseq   # Dovecot's index formats live there
+    dovecot_modseq.seed_modseq(folder, modseq, uid, gid)
+
+
+# -- the driver's StoreWriter ------------------------------------------------------------------
+
+class MaildirWriter:
+    """``ims.store.base.StoreWriter`` for a Dovecot Maildir++ store.
+
+    Owners: every file and directory made belongs to ``local.store.uid``/``gid`` when both are
+    set, else to the owner of the user's existing Maildir, else of its partition directory."""
+
+    def __init__(self, store: MaildirStore, owner: Owner | None = None,
+                 lock_timeout: float = 60.0, sync: bool = False, batch_size: int = 500) -> None:
+        self.store = store
+        self.configured_owner = owner
+        self.lock_timeout = lock_timeout
+        self.sync = sync
+        self.batch_size = batch_size
+        self._owners: dict[tuple[str, str], Owner] = {}
+        self._partition_owners: dict[str, Owner] = {}
+        self._counter = 0
+
+    def has_partition(self, partition: str) -> bool:
+        return partition in self.store.partition_dirs
+
+    def owner(self, partition: str, user: str) -> Owner:
+        key = (partition, user)
+        if key not in self._owners:
+            self._owners[key] = self.configured_owner or self._owner_from_store(partition, user)
+        return self._owners[key]
+
+    def _owner_from_store(self, partition: str, user: str) -> Owner:
+        maildir = self.store.maildir(partition, user)
+        for path in (maildir, maildir.parent):
+            try:
+                st = os.lstat(path)
+                return Owner(st.st_uid, st.st_gid)
+            except FileNotFoundError:
+                continue
+        if partition not in self._partition_owners:
+            st = os.stat(self.store.partition_dirs[partition])
+            self._partition_owners[partition] = Owner(st.st_uid, st.st_gid)
+        return self._partition_owners[partition]
+
+    def folder_path(self, partition: str, user: str, folder: str) -> Path:
+        maildir = self.store.maildir(partition, user)
+        return maildir if folder == INBOX else maildir / folder_to_dirname(folder)
+
+    def live_folder(self, partition: str, user: str, folder: str) -> LiveFolder:
+        path = self.folder_path(partition, user, folder)
+        exists = path.is_dir()
+        return LiveFolder(exists, is_pristine(path) if exists else True)
+
+    def free_sibling(self, partition: str, user: str, folder: str, suffix: str) -> str:
+        base = f"{folder}_{suffix}"
+        candidate, n = base, 1
+        while os.path.lexists(self.folder_path(partition, user, candidate)):
+            n += 1
+            candidate = f"{base}_{n}"
+        return candidate
+
+    def prepare_user(self, partition: str, user: str) -> None:
+        make_dirs(self.store.maildir(partition, user).parent, self.owner(partition, user))
+
+    def _maildir_for(self, partition: str, user: str, folder: str) -> Path:
+        maildir = self.store.maildir(partition, user)
+        if folder != INBOX and not maildir.is_dir():
+            make_maildir(maildir, self.owner(partition, user), marker=False)  # an INBOX to hang it on
+        return maildir
+
+    def restore_whole(self, partition: str, user: str, folder: str,
+                      whole: WholeFolder) -> NewFolder:
+        maildir = self._maildir_for(partition, user, folder)
+        self._counter += 1
+        aside_dir = maildir.parent if folder == INBOX else maildir / "tmp"
+        aside = aside_dir / f".ims-restore.{os.getpid()}.{self._counter}"
+        return NewFolder(self.folder_path(partition, user, folder), aside,
+                         self.owner(partition, user), whole, folder == INBOX, self.lock_timeout,
+                         self.sync, self.batch_size)
+
+    def add_to_folder(self, partition: str, user: str, folder: str,
+                      check_existing: bool) -> ExistingFolder:
+        self._maildir_for(partition, user, folder)
+        return ExistingFolder(self.folder_path(partition, user, folder),
+                              self.owner(partition, user), self.lock_timeout, check_existing,
+                              self.sync, self.batch_size)
+
+    def add_subscriptions(self, partition: str, user: str, names: list[str]) -> None:
+        maildir = self.store.maildir(partition, user)
+        if names and maildir.is_dir():
+            merge_subscriptions(maildir, names, self.owner(partition, user),
+                                lock_timeout=self.lock_timeout)
+
+    def read_file(self, restored: Placed) -> bytes:
+        return restored.path().read_bytes()

@@ -122,28 +122,37 @@ def hostile_archive() -> bytes:
     member("primary/mallory/x/.ims-folder.json", "folder",
            js({"partition": "primary", "user": "mallory", "folder": "../../../../tmp/escape",
                "uidvalidity": 1, "next_uid": 2, "messages": []}))
-    member("primary/mallory/INBOX/.ims-folder.json", "folder",
-           js({"partition": "primary", "user": "mallory", "folder": "INBOX",
-               "uidvalidity": 7, "next_uid": 9, "guid": None, "keywords": [], "messages": []}))
     body = b"Subject: fine\n\nok\n"
     import hashlib
     sha = hashlib.sha256(body).hexdigest()
 
-    def meta(base: str) -> list[tuple[str, str]]:
-        return [("IMS.uid", "1"), ("IMS.flags", "S"), ("IMS.basename", base),
+    def meta(base: str, uid: int = 1) -> list[tuple[str, str]]:
+        return [("IMS.uid", str(uid)), ("IMS.flags", "S"), ("IMS.basename", base),
                 ("IMS.size", str(len(body))), ("IMS.sha256", sha), ("IMS.internaldate", "0")]
 
+    def folder(name: str, listed: list[str]) -> None:
+        # each hostile member in a folder of its own: an invalid message discards its folder
+        member(f"primary/mallory/{name}/.ims-folder.json", "folder",
+               js({"partition": "primary", "user": "mallory", "folder": name,
+                   "uidvalidity": 7, "next_uid": 9, "guid": None, "keywords": [],
+                   "messages": [[key, n, "S", []] for n, key in enumerate(listed, 1)]}))
+
+    folder("Name", [])
     member("/etc/passwd", "message", body, extra=meta("../../../../../tmp/ims-pwned"))
-    member("primary/mallory/INBOX/sym", "message", b"", typeflag=b"2", linkname="/etc/shadow",
+    folder("Symlink", ["1.M1P1.evil-symlink"])
+    member("primary/mallory/Symlink/sym", "message", b"", typeflag=b"2", linkname="/etc/shadow",
            extra=meta("1.M1P1.evil-symlink"))
-    member("primary/mallory/INBOX/dev", "message", b"", typeflag=b"3",
+    folder("Device", ["1.M1P1.evil-device"])
+    member("primary/mallory/Device/dev", "message", b"", typeflag=b"3",
            extra=meta("1.M1P1.evil-device"))
-    member("primary/mallory/INBOX/self", "message", b"", typeflag=fmt.HARDLINK,
-           linkname="primary/mallory/INBOX/self", extra=meta("1.M1P1.self-link"))
-    member("primary/mallory/INBOX/out", "message", b"", typeflag=fmt.HARDLINK,
-           linkname="../../../etc/passwd", extra=meta("1.M1P1.outside-link"))
-    member("/abs/primary/mallory/INBOX/fine", "message", body, extra=meta("1.M1P1.fine"))
-    member("primary/mallory/INBOX/huge", "message", b"", extra=meta("1.M1P1.huge"),
+    folder("Self", ["1.M1P1.self-link"])
+    member("primary/mallory/Self/1.M1P1.self-link", "message", b"", typeflag=fmt.HARDLINK,
+           linkname="primary/mallory/Self/1.M1P1.self-link", extra=meta("1.M1P1.self-link"))
+    folder("INBOX", ["1.M1P1.outside-link", "1.M1P1.fine", "1.M1P1.huge"])
+    member("primary/mallory/INBOX/1.M1P1.outside-link", "message", b"", typeflag=fmt.HARDLINK,
+           linkname="../../../etc/passwd", extra=meta("1.M1P1.outside-link", 1))
+    member("/abs/primary/mallory/INBOX/1.M1P1.fine", "message", body, extra=meta("1.M1P1.fine", 2))
+    member("primary/mallory/INBOX/1.M1P1.huge", "message", b"", extra=meta("1.M1P1.huge", 3),
            size=10 ** 15)
     return bytes(out)
 

@@ -144,3 +144,17 @@ def imap_snapshot(dovecot, user: str) -> dict:
         return result
     finally:
         client.logout()
+
+
+UID_MARGIN = 100_000     # imsrestore's default --uid-margin
+
+
+def restored_whole(before: dict, folders: list[str] | None = None, margin: int = UID_MARGIN) -> dict:
+    """What IMAP shows after folders come back whole: everything as before the backup, but the
+    next UID raised by the margin (no UID handed out after the backup is handed out again)."""
+    after = {name: dict(value) if isinstance(value, dict) else value
+             for name, value in before.items()}
+    for name, value in after.items():
+        if name != "<subscribed>" and (folders is None or name in folders):
+            value["uidnext"] = value["uidnext"] + margin
+    return after

@@ -17,6 +17,7 @@ import pytest
 from archive_reader import read_archive
 from conftest import bacula_available, command, require, run_cmd
 from helpers import imap_snapshot as snapshot
+from helpers import restored_whole
 from helpers import write_config
 
 USERS = {"amy": "primary", "bert": "primary", "mia": "primary", "7up": "secondary"}
@@ -83,7 +84,7 @@ def test_bacula_groups_restore_failure_and_incremental_chain(dovecot, setup, tmp
     shutil.rmtree(partitions["primary"] / "amy" / "Maildir")
     restored = bacula.job(bacula.restore(job_a, "/"))
     assert restored["status"] == "T", restored["log"]
-    assert snapshot(dovecot, "amy") == amy_before
+    assert snapshot(dovecot, "amy") == restored_whole(amy_before)
 
     # a job whose reader fails ends in error, not "OK -- with warnings"
     msg_conf = setup["config"] / "msg.conf"
@@ -124,4 +125,5 @@ def test_bacula_groups_restore_failure_and_incremental_chain(dovecot, setup, tmp
     shutil.rmtree(partitions["primary"] / "amy" / "Maildir")
     args = [a for f in files for a in ("-f", str(f))]
     run_cmd("imsrestore", *args, "/primary/groupA/amy", config_dir=setup["config"], check_rc=0)
-    assert snapshot(dovecot, "amy") == latest
+    assert snapshot(dovecot, "amy") == restored_whole(latest)    # raised again: UIDs of
+    # the first restore's folders may have been handed out before this one

@@ -1,0 +1,453 @@
+"""Typed archive records: every member of docs/archive-format.md as a type, decoded (with its
+validation) and encoded in one place.
+
+The writer (``ims/backup.py``) builds records and encodes them; the readers (sequential, by
+offset, the prefetching child, ``peek_header``), the chain merge and the restore decode them
+here and nowhere else, so that a value from an archive is checked once, where the record is
+parsed, before any of it can reach the store: names are never paths, UIDs are 32-bit and
+positive, a base name is listed once per folder, a UIDVALIDITY is a number.
+
+Failure behaviour: ``RecordError`` (an ``ArchiveDamaged``, exit 4) naming the member and the
+field at fault.  The stream stays aligned after a bad record, so a restore may skip what the
+record describes (a whole folder for a bad folder state or message) and go on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ims.errors import ArchiveDamaged
+
+UID_MAX = 2**32 - 1                 # IMAP UIDs and UIDVALIDITY are non-zero 32-bit numbers
+MODSEQ_MAX = 2**63 - 1              # RFC 7162: mod-sequences are 63-bit
+SYSTEM_FLAGS = frozenset("DFPRST")
+_GUID = re.compile(r"[0-9a-fA-F]{32}\Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+# IMAP atoms: no space, no control characters, none of ( ) { % * " \ ]
+_KEYWORD_BAD = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
+
+FULL, INCREMENTAL = "full", "incremental"
+
+
+class RecordError(ArchiveDamaged):
+    """A member whose values are not what the format allows."""
+
+
+# -- names -------------------------------------------------------------------------------
+
+def valid_partition(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and name not in (".", "..") \
+        and "/" not in name and not _has_control(name)
+
+
+def valid_user(user: object) -> bool:
+    return isinstance(user, str) and bool(user) and user not in (".", "..") and "/" not in user \
+        and not user.startswith(".") and not _has_control(user)
+
+
+def valid_folder(folder: object) -> bool:
+    if not isinstance(folder, str) or not folder or _has_control(folder):
+        return False
+    return all(level and level not in (".", "..") and "." not in level
+               for level in folder.split("/"))
+
+
+def valid_key(key: object) -> bool:
+    """A message's stable name inside its folder (the Maildir base name)."""
+    return isinstance(key, str) and bool(key) and key not in (".", "..") and "/" not in key \
+        and ":" not in key and not key.startswith(".") and not _has_control(key)
+
+
+def valid_keyword(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and not _KEYWORD_BAD.search(name)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+# -- value checks --------------------------------------------------------------------------
+
+class _Check:
+    """Field checks that raise ``RecordError`` naming the member and the field."""
+
+    def __init__(self, where: str, body: Mapping[str, Any]) -> None:
+        self.where = where
+        self.body = body
+
+    def fail(self, what: str) -> RecordError:
+        return RecordError(f"{self.where}: {what}")
+
+    def integer(self, key: str, low: int, high: int, optional: bool = False,
+                value: Any = ...) -> int | None:
+        if value is ...:
+            value = self.body.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, str) and value.isdigit() and value.isascii():
+            value = int(value)
+        if type(value) is not int or not low <= value <= high:
+            raise self.fail(f"{key} {value!r} is not a whole number in {low}..{high}")
+        return value
+
+    def number(self, key: str, optional: bool = False) -> float | None:
+        value = self.body.get(key)
+        if value is None and optional:
+            return None
+        if type(value) not in (int, float) or value != value or value < 0:
+            raise self.fail(f"{key} {value!r} is not a time")
+        return value
+
+    def text(self, key: str, optional: bool = False) -> str | None:
+        value = self.body.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(f"{key} {value!r} is not a string")
+        return value
+
+    def name(self, key: str, check, what: str) -> str:
+        value = self.body.get(key)
+        if not check(value):
+            raise self.fail(f"invalid {what} {value!r}")
+        return value
+
+    def names(self, key: str, check, what: str) -> tuple[str, ...]:
+        value = self.body.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(f"{key} is not a list")
+        for item in value:
+            if not check(item):
+                raise self.fail(f"invalid {what} {item!r} in {key}")
+        return tuple(value)
+
+    def flags(self, value: Any) -> str:
+        if not isinstance(value, str) or not set(value) <= SYSTEM_FLAGS:
+            raise self.fail(f"flags {value!r} are not Maildir system flag letters")
+        return "".join(sorted(set(value)))
+
+    def keywords(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(valid_keyword(k) for k in value):
+            raise self.fail(f"keywords {value!r} are not IMAP keywords")
+        return tuple(value)
+
+
+# -- header --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArchiveHeader:
+    """The first member: what was backed up, when, how."""
+
+    created: int                       # the backup's start time (epoch seconds)
+    since: float | None                # -d of an incremental; None for a full backup
+    blocking_factor: int
+    names: tuple[str, ...]
+    archive_id: str | None = None      # absent in archives written before identities
+    host: str = ""
+    tool: str = ""
+    since_text: str | None = None
+    store: str = "dovecot-maildir"
+    options: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return FULL if self.since is None else INCREMENTAL
+
+    @classmethod
+    def decode(cls, body: Mapping[str, Any], where: str) -> "ArchiveHeader":
+        c = _Check(where, body)
+        created = c.integer("created", 0, 2**40)
+        archive_id = c.text("archive_id", optional=True)
+        if archive_id is not None and not re.fullmatch(r"[0-9a-f]{32}", archive_id):
+            raise c.fail(f"archive_id {archive_id!r} is not 32 hex digits")
+        names = body.get("names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise c.fail("names is not a list of strings")
+        options = body.get("options") or {}
+        return cls(created=created, since=c.number("since", optional=True),
+                   blocking_factor=c.integer("blocking_factor", 1, 2048),
+                   names=tuple(names), archive_id=archive_id,
+                   host=str(body.get("host") or ""), tool=str(body.get("tool") or ""),
+                   since_text=c.text("since_text", optional=True),
+                   store=str(body.get("store") or "dovecot-maildir"),
+                   options=options if isinstance(options, dict) else {}, raw=dict(body))
+
+    def encode(self, format_name: str, version: int, created_iso: str) -> dict[str, Any]:
+        return {"format": format_name, "version": version, "archive_id": self.archive_id,
+                "tool": self.tool, "host": self.host, "created": self.created,
+                "created_iso": created_iso, "names": list(self.names), "since": self.since,
+                "since_text": self.since_text, "blocking_factor": self.blocking_factor,
+                "options": self.options, "store": self.store}
+
+
+# -- user ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UserRecord:
+    partition: str
+    user: str
+    group: str
+    uid: int
+    gid: int
+    subscriptions: tuple[str, ...]
+    folders: tuple[str, ...]
+    excluded_folders: tuple[str, ...] = ()
+
+    @property
+    def logical(self) -> str:
+        return f"/{self.partition}/{self.group}/{self.user}"
+
+    @classmethod
+    def decode(cls, body: Mapping[str, Any], where: str) -> "UserRecord":
+        c = _Check(where, body)
+        subscriptions = body.get("subscriptions") or []
+        if not isinstance(subscriptions, list) or not all(isinstance(s, str) for s in subscriptions):
+            raise c.fail("subscriptions is not a list of names")
+        return cls(partition=c.name("partition", valid_partition, "partition"),
+                   user=c.name("user", valid_user, "user"),
+                   group=c.text("group", optional=True) or "",
+                   uid=c.integer("uid", 0, UID_MAX, optional=True) or 0,
+                   gid=c.integer("gid", 0, UID_MAX, optional=True) or 0,
+                   # a subscription to a name we could not restore is dropped, not an error
+                   subscriptions=tuple(s for s in subscriptions if valid_folder(s)),
+                   folders=c.names("folders", valid_folder, "folder"),
+                   excluded_folders=tuple(str(f) for f in body.get("excluded_folders") or []))
+
+    def encode(self) -> dict[str, Any]:
+        return {"partition": self.partition, "user": self.user, "group": self.group,
+                "uid": self.uid, "gid": self.gid, "subscriptions": list(self.subscriptions),
+                "folders": list(self.folders), "excluded_folders": list(self.excluded_folders)}
+
+
+# -- folder state --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ListedMessage:
+    """One message as the folder listed it at backup time."""
+
+    key: str
+    uid: int | None
+    flags: str
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FolderRecord:
+    partition: str
+    user: str
+    folder: str
+    unchanged_since: float | None
+    uidvalidity: int | None
+    next_uid: int | None
+    guid: str | None
+    keywords: tuple[str, ...]
+    messages: tuple[ListedMessage, ...] | None     # None: unchanged since an earlier backup
+    highest_modseq: int | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.unchanged_since is not None
+
+    def highest_uid(self) -> int:
+        return max((m.uid for m in self.messages or () if m.uid is not None), default=0)
+
+    @classmethod
+    def decode(cls, body: Mapping[str, Any], where: str) -> "FolderRecord":
+        c = _Check(where, body)
+        partition = c.name("partition", valid_partition, "partition")
+        user = c.name("user", valid_user, "user")
+        folder = c.name("folder", valid_folder, "folder")
+        unchanged_since = c.number("unchanged_since", optional=True)
+        if unchanged_since is not None:
+            return cls(partition, user, folder, unchanged_since, None, None, None, (), None)
+        guid = c.text("guid", optional=True)
+        if guid is not None and not _GUID.match(guid):
+            raise c.fail(f"guid {guid!r} is not 32 hex digits")
+        raw = body.get("messages")
+        if not isinstance(raw, list):
+            raise c.fail("messages is not a list")
+        messages = []
+        keys: set[str] = set()
+        uids: set[int] = set()
+        for item in raw:
+            if not isinstance(item, list) or len(item) != 4:
+                raise c.fail(f"message entry {item!r} is not [name, uid, flags, keywords]")
+            key, uid, flags, keywords = item
+            if not valid_key(key):
+                raise c.fail(f"invalid message name {key!r}")
+            if key in keys:
+                raise c.fail(f"message name {key!r} is listed twice")
+            uid = c.integer("uid", 1, UID_MAX, optional=True, value=uid)
+            if uid is not None:
+                if uid in uids:
+                    raise c.fail(f"UID {uid} is listed twice")
+                uids.add(uid)
+            keys.add(key)
+            messages.append(ListedMessage(key, uid, c.flags(flags), c.keywords(keywords)))
+        keywords_list = body.get("keywords") or []
+        return cls(partition, user, folder, None,
+                   uidvalidity=c.integer("uidvalidity", 1, UID_MAX, optional=True),
+                   next_uid=c.integer("next_uid", 1, UID_MAX + 1, optional=True),
+                   guid=guid, keywords=c.keywords(keywords_list),
+                   messages=tuple(messages),
+                   highest_modseq=c.integer("highest_modseq", 0, MODSEQ_MAX, optional=True))
+
+    def encode(self) -> dict[str, Any]:
+        return self.encode_listed(
+            self.partition, self.user, self.folder, self.unchanged_since, self.uidvalidity,
+            self.next_uid, self.guid, list(self.keywords), self.highest_modseq,
+            None if self.messages is None else
+            [[m.key, m.uid, m.flags, list(m.keywords)] for m in self.messages])
+
+    @staticmethod
+    def encode_listed(partition: str, user: str, folder: str, unchanged_since: float | None,
+                      uidvalidity: int | None, next_uid: int | None, guid: str | None,
+                      keywords: list[str], highest_modseq: int | None,
+                      messages: list[list[Any]] | None) -> dict[str, Any]:
+        """The JSON of a folder state from a listing already in wire form
+        (``[key, uid, flags, [keywords]]``): the backup's hot path builds no objects."""
+        if messages is None:
+            return {"partition": partition, "user": user, "folder": folder,
+                    "unchanged_since": unchanged_since, "uidvalidity": None,
+                    "next_uid": None, "guid": None, "keywords": None,
+                    "highest_modseq": None, "messages": None}
+        return {"partition": partition, "user": user, "folder": folder,
+                "unchanged_since": None, "uidvalidity": uidvalidity, "next_uid": next_uid,
+                "guid": guid, "keywords": keywords, "highest_modseq": highest_modseq,
+                "messages": messages}
+
+
+# -- message -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class MessageRecord:
+    """A message member's metadata (its pax records), in store-neutral terms."""
+
+    key: str
+    uid: int | None
+    flags: str
+    keywords: tuple[str, ...]
+    internaldate: int
+    is_new: bool
+    size: int
+    sha256: str | None                 # None on a hard-link member
+    links: int = 1                     # hard-link count at backup time
+
+    @classmethod
+    def decode(cls, pax: Mapping[str, str], name: str, size: int, mtime: int,
+               is_link: bool) -> "MessageRecord":
+        where = f"message member {name!r}"
+        key = pax.get("IMS.basename", "")
+        if not valid_key(key):
+            raise RecordError(f"{where}: invalid message name {key!r}")
+        if not name.endswith("/" + key):
+            raise RecordError(f"{where}: its name does not end with IMS.basename {key!r}")
+        try:
+            uid_text = pax.get("IMS.uid")
+            uid = None
+            if uid_text:
+                if not uid_text.isdigit() or not uid_text.isascii():
+                    raise ValueError(f"IMS.uid {uid_text!r}")
+                uid = int(uid_text)
+                if not 1 <= uid <= UID_MAX:
+                    raise ValueError(f"IMS.uid {uid_text!r} is out of range")
+            flags = pax.get("IMS.flags", "")
+            if not set(flags) <= SYSTEM_FLAGS:
+                raise ValueError(f"IMS.flags {flags!r}")
+            words = pax.get("IMS.keywords", "")
+            keywords = tuple(words.split(" ")) if words else ()
+            if not all(valid_keyword(k) for k in keywords):
+                raise ValueError(f"IMS.keywords {words!r}")
+            date_text = pax.get("IMS.internaldate")
+            internaldate = mtime if date_text is None else int(date_text)
+            if not -2**40 < internaldate < 2**40:
+                raise ValueError(f"IMS.internaldate {date_text!r}")
+            links = int(pax.get("IMS.links") or 1)
+            if links < 1:
+                raise ValueError(f"IMS.links {links}")
+            sha = pax.get("IMS.sha256")
+            if is_link:
+                sha = None
+            elif sha is None or not _SHA256.match(sha):
+                raise ValueError(f"IMS.sha256 {sha!r}")
+            size_text = pax.get("IMS.size")
+            if size_text is None or not size_text.isdigit() or \
+                    (not is_link and int(size_text) != size):
+                raise ValueError(f"IMS.size {size_text!r} (the member holds {size} bytes)")
+        except ValueError as exc:
+            raise RecordError(f"{where}: {exc}") from None
+        return cls(key, uid, "".join(sorted(set(flags))), keywords, internaldate,
+                   pax.get("IMS.state") == "new", int(size_text), sha, links)
+
+
+# -- trailer -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FolderExtent:
+    partition: str
+    user: str
+    folder: str
+    offset: int
+    end: int
+    messages: int
+
+
+@dataclass(frozen=True)
+class UserExtent:
+    partition: str
+    user: str
+    group: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class TrailerRecord:
+    trailer_offset: int
+    digest: str
+    counts: dict[str, int]
+    skipped: tuple[str, ...]
+    excluded_folders: tuple[str, ...]
+    folders: tuple[FolderExtent, ...]
+    users: tuple[UserExtent, ...]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def decode(cls, body: Mapping[str, Any], where: str) -> "TrailerRecord":
+        c = _Check(where, body)
+        big = 2**62
+        counts = body.get("counts") or {}
+        if not isinstance(counts, dict):
+            raise c.fail("counts is not an object")
+        folders = []
+        for entry in body.get("index") or []:
+            e = _Check(where + " (index)", entry if isinstance(entry, dict) else {})
+            offset, end = e.integer("offset", 0, big), e.integer("end", 0, big)
+            if end < offset:
+                raise e.fail(f"folder extent ends ({end}) before it starts ({offset})")
+            folders.append(FolderExtent(e.name("partition", valid_partition, "partition"),
+                                        e.name("user", valid_user, "user"),
+                                        e.name("folder", valid_folder, "folder"),
+                                        offset, end, e.integer("messages", 0, big)))
+        users = []
+        for entry in body.get("users") or []:
+            e = _Check(where + " (users)", entry if isinstance(entry, dict) else {})
+            users.append(UserExtent(e.name("partition", valid_partition, "partition"),
+                                    e.name("user", valid_user, "user"),
+                                    e.text("group", optional=True) or "",
+                                    e.integer("offset", 0, big)))
+        return cls(trailer_offset=c.integer("trailer_offset", 0, big),
+                   digest=c.text("digest") or "", counts=dict(counts),
+                   skipped=tuple(str(s) for s in body.get("skipped") or []),
+                   excluded_folders=tuple(str(s) for s in body.get("excluded_folders") or []),
+                   folders=tuple(folders), users=tuple(users), raw=dict(body))
+
+    def folder(self, partition: str, user: str, folder: str) -> FolderExtent | None:
+        for extent in self.folders:
+            if (extent.partition, extent.user, extent.folder) == (partition, user, folder):
+                return extent
+        return None

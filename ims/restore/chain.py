@@ -1,0 +1,230 @@
+"""A chain — a full backup and its incrementals — checked, merged, and fed to the engine.
+
+Rules (docs/guide.md, "Chains"):
+
+- Every archive's header carries its identity (``archive_id``), its start time
+  (``created``) and, for an incremental, its since-time (``since``, from ``-d``).
+- The chain is put in order of start time; if it was given in another order the command
+  says so (a note) and goes on.  The same archive twice, or archives of different logical
+  names, are not one chain (exit 2).
+- A gap — an incremental whose since-time is later than the start of the archive before it —
+  means mail may be missing: exit 2 naming the interval, unless ``--allow-gaps``.
+- Without a full backup at its head, the chain never recreates a gone folder whole with the
+  archived UIDVALIDITY (``has_full`` is False: see ``ims.restore.plan``).
+- The merged state is the *latest* archive's users and folders (an incremental lists every
+  folder, changed or not), each folder with its latest listed state; only message bytes come
+  from earlier archives.  A user or folder deleted before the last backup stays deleted; a
+  message the last state no longer lists (expunged) is not brought back.
+
+How: every archive is read once, in order (so each one's trailer and digest are checked),
+keeping for each folder its latest full state and, for each message member, where its
+bytes are (archive, offset, size, SHA-256).  The engine is then fed the selected users of
+the last archive; a message's bytes are read by offset and checked against their SHA-256; a
+message whose folder was renamed between backups is found by its base name within the same
+user; a message shared by several users is written once and hard-linked.
+
+Failure behaviour: ``UsageError`` (exit 2) for a chain that is not one (duplicates,
+different names, a gap); every archive must be a complete,
+seekable file (``ArchiveDamaged``, exit 4, otherwise); a message listed by the last state
+whose bytes are in no archive of the chain is reported as skipped (exit 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ims.archive import format as fmt
+from ims.archive.reader import ArchiveReader, MemberDamaged
+from ims.archive.records import ArchiveHeader, FolderRecord, MessageRecord, UserRecord
+from ims.errors import ArchiveDamaged, UsageError
+from ims.restore.engine import Engine
+from ims.restore.selection import Pattern, folder_selected, user_selected
+
+
+@dataclass(frozen=True)
+class ChainOrder:
+    """The archives in order, what was said about it, and whether a full backup heads it."""
+
+    order: list[int]                  # indexes into the given list, oldest first
+    notes: list[str]
+    has_full: bool
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def order_chain(archives: list[tuple[str, ArchiveHeader]], allow_gaps: bool) -> ChainOrder:
+    """Check and order a chain (pure: headers in, order out).  Raises ``UsageError``."""
+    # within one second (start times are recorded to the second) a full backup comes first,
+    # then the given order
+    order = sorted(range(len(archives)),
+                   key=lambda i: (archives[i][1].created, archives[i][1].since is not None))
+    notes: list[str] = []
+    if order != list(range(len(archives))):
+        notes.append("the archives were not given oldest first; restored in the order "
+                     + ", ".join(f"{archives[i][0]} ({_when(archives[i][1].created)})"
+                                 for i in order))
+    ids = [h.archive_id for _, h in archives if h.archive_id]
+    if len(ids) != len(set(ids)):
+        raise UsageError("the same archive is given twice: "
+                         + ", ".join(n for n, h in archives if ids.count(h.archive_id) > 1))
+    for earlier, later in zip(order, order[1:]):
+        (name_a, a), (name_b, b) = archives[earlier], archives[later]
+        if sorted(a.names) != sorted(b.names):
+            raise UsageError(f"{name_a} backed up {' '.join(a.names) or '/'} but {name_b}"
+                             f" backed up {' '.join(b.names) or '/'}: not one chain")
+        # start times are recorded to the second (rounded down), hence the + 1
+        if b.since is not None and b.since >= a.created + 1:
+            gap = (f"{name_b} holds changes since {_when(b.since)}, but {name_a} started at"
+                   f" {_when(a.created)}: mail changed between {_when(a.created)} and"
+                   f" {_when(b.since)} is in no archive given")
+            if not allow_gaps:
+                raise UsageError(gap + " (give the missing incremental, or --allow-gaps)")
+            notes.append(gap)
+    head = archives[order[0]][1]
+    if head.since is not None:
+        notes.append(f"{archives[order[0]][0]} is an incremental and no full backup precedes"
+                     " it: gone folders come back with new UIDs")
+    return ChainOrder(order, notes, head.since is None)
+
+
+# where a message's bytes are: (archive number, data offset, size, sha256, links, internaldate)
+Bytes = tuple[int, int, int, str, int, int]
+
+
+@dataclass
+class MergedChain:
+    readers: list[ArchiveReader]
+    users: list[UserRecord] = field(default_factory=list)           # the last archive's
+    states: dict[tuple[str, str, str], FolderRecord] = field(default_factory=dict)
+    by_folder: dict[tuple[str, str, str, str], Bytes] = field(default_factory=dict)
+    by_user: dict[tuple[str, str, str], Bytes] = field(default_factory=dict)
+    by_name: dict[str, Bytes] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+
+
+def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> MergedChain:
+    """Read every archive (oldest first, headers already read) and keep the latest state of
+    the selected users' folders and where each message's bytes are."""
+    for reader in readers:
+        if not reader.seekable:
+            raise UsageError(f"{reader.device_name}: a chain is restored from files, not pipes")
+    chain = MergedChain(readers)
+    last = len(readers) - 1
+    for number, reader in enumerate(readers):
+        data_members: dict[str, Bytes] = {}
+        user: UserRecord | None = None
+        folder_key: tuple[str, str, str] | None = None
+        for member in reader.members():
+            kind = member.kind
+            if member.invalid is not None:
+                if kind in (fmt.USER, fmt.FOLDER):
+                    user = None if kind == fmt.USER else user
+                    folder_key = None
+                chain.invalid.append(member.invalid)
+                continue
+            if kind == fmt.USER:
+                user = member.record
+                folder_key = None
+                if not user_selected(patterns, user.partition, user.group, user.user):
+                    user = None
+                elif number == last:
+                    chain.users.append(user)
+            elif kind == fmt.FOLDER:
+                folder_key = None
+                state: FolderRecord = member.record
+                if user is None or (state.partition, state.user) != (user.partition, user.user):
+                    continue
+                if not folder_selected(patterns, user.partition, user.group, user.user,
+                                       state.folder):
+                    continue
+                folder_key = (state.partition, state.user, state.folder)
+                if not state.unchanged or folder_key not in chain.states:
+                    chain.states[folder_key] = state
+            elif kind == fmt.MESSAGE:
+                record: MessageRecord = member.record
+                if member.is_link:
+                    source = data_members.get(member.linkname)
+                    if source is None:
+                        continue
+                else:
+                    source = (number, member.data_offset, member.size, record.sha256 or "",
+                              record.links, record.internaldate)
+                    if record.links > 1:      # bytes a selected user's link may need
+                        data_members[member.name] = source
+                if folder_key is None:
+                    continue
+                chain.by_folder[(*folder_key, record.key)] = source
+                chain.by_user[(folder_key[0], folder_key[1], record.key)] = source
+    return chain
+
+
+def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
+    def feed(engine: Engine) -> None:
+        for problem in chain.invalid:
+            engine.report.damaged.append(problem)
+        emitted: dict[Bytes, str] = {}            # shared bytes -> the first name fed
+        for user in chain.users:
+            engine.begin_user(user)
+            for folder in user.folders:
+                state = chain.states.get((user.partition, user.user, folder))
+                if state is None:
+                    continue                      # not selected
+                engine.begin_folder(state)
+                for listed in state.messages or ():
+                    source = (chain.by_folder.get((user.partition, user.user, folder, listed.key))
+                              or chain.by_user.get((user.partition, user.user, listed.key)))
+                    name = f"{user.partition}/{user.user}/{folder}/{listed.key}"
+                    if source is None:
+                        engine.report.skipped.append(
+                            f"{user.logical}/{folder}/{listed.key}: its bytes are in no"
+                            " archive of the chain")
+                        continue
+                    number, offset, size, sha, links, internaldate = source
+                    record = MessageRecord(listed.key, listed.uid, listed.flags,
+                                           listed.keywords, internaldate, listed.uid is None,
+                                           size, sha, links)
+                    first = emitted.get(source)
+                    if first is None and links > 1:
+                        emitted[source] = name
+                    engine.message(record, None, name, first is not None, first or "",
+                                   lambda s=source, n=name: read_bytes(chain, s, n))
+            engine.end_user()
+    return feed
+
+
+def read_bytes(chain: MergedChain, source: Bytes, name: str) -> bytes:
+    number, offset, size, sha, _, _ = source
+    reader = chain.readers[number]
+    data = os.pread(reader.fd, size, offset)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+        raise MemberDamaged(f"{reader.device_name}: {name} at byte {offset}: SHA-256 mismatch,"
+                            " the message is damaged")
+    return data
+
+
+def fetch_from_chain(chain: MergedChain) -> Callable[[str], bytes | None]:
+    """Bytes by the name the chain fed (a link whose first copy could not be linked to)."""
+    def fetch(name: str) -> bytes | None:
+        parts = name.split("/")
+        if len(parts) < 4:
+            return None
+        source = chain.by_folder.get((parts[0], parts[1], "/".join(parts[2:-1]), parts[-1])) \
+            or chain.by_user.get((parts[0], parts[1], parts[-1]))
+        return None if source is None else read_bytes(chain, source, name)
+    return fetch
+
+
+def check_headers(readers: list[ArchiveReader]) -> list[tuple[str, ArchiveHeader]]:
+    headers = []
+    for reader in readers:
+        header = reader.read_header()
+        if header is None:
+            raise ArchiveDamaged(f"{reader.device_name}: no archive header")
+        headers.append((reader.device_name, header))
+    return headers

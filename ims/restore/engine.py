@@ -1,0 +1,456 @@
+"""The restore engine: applies the plans (``ims.restore.plan``) to a store writer.
+
+It is fed, in archive order, users, folders and messages — by ``feed_archive`` from one
+archive read in order, by ``feed_indexed`` from the users a seekable archive's trailer
+points to, by ``ims.restore.chain`` from a merged chain — and for each folder asks the plan
+what to do and a ``StoreWriter`` to do it.  It counts only what landed in the store.
+
+Failure behaviour, per item (reported, exit code at the end):
+- a user, folder state or message whose record is invalid (``member.invalid``): exit 4; an
+  invalid folder state means nothing of that folder is written, an invalid message in a
+  folder restored whole discards the whole folder (it was built aside), in a folder merged
+  into a live one only that message is left out;
+- a message whose bytes do not match its SHA-256: left out, exit 4;
+- a message or folder the store refuses (``OSError``): left out, exit 1;
+- a link whose bytes cannot be had (a pipe): listed for a references file, exit 5;
+- a folder whose lock is not released in time: what it staged is removed, and the run
+  stops there (exit 3), since every later folder would wait as long again;
+- the stream cut short: what is complete stays, the folder in progress is committed (exit 4);
+- interrupted (Ctrl-C, a signal turned into an exception): the folder in progress is
+  discarded — a folder being restored whole stays absent, so that a second run restores it
+  whole with its UIDs — and the interruption propagates.
+``decide`` (from ``-c``) says whether to go on after a reported error.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ims.archive import format as fmt
+from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged, decode_record
+from ims.archive.records import FolderRecord, MessageRecord, TrailerRecord, UserRecord
+from ims.errors import ArchiveDamaged, ExitCode, StoreLocked, most_serious
+from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, plan_folder,
+                              plan_message_source, sibling_suffix)
+from ims.restore.selection import Pattern, folder_selected, map_user, user_selected
+from ims.store.base import FolderWriter, Landed, StoreWriter
+from ims.store.maildir import LayoutError
+
+log = logging.getLogger("ims.restore")
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    patterns: tuple[Pattern, ...] = (Pattern(),)
+    ignore_existing: bool = False           # -i
+    new_sibling: bool = False               # -n
+    user_map: dict[str, str] = field(default_factory=dict)
+    partition: str | None = None            # --partition
+    list_only: bool = False                 # -t
+    uid_margin: int = DEFAULT_UID_MARGIN    # --uid-margin
+
+
+@dataclass
+class RestoreReport:
+    messages: int = 0           # messages that landed (data or link)
+    links: int = 0              # of which hard links to a message restored in this run
+    bytes: int = 0
+    already_there: int = 0
+    folders_whole: int = 0      # rule 1
+    folders_merged: int = 0     # rule 2
+    unresolved: list[dict[str, Any]] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # said in the summary, no error
+    listing: list[str] = field(default_factory=list)
+    matched: bool = False
+    complete: bool = False      # the archive was read to its verified trailer
+    stopped: bool = False       # the run ended early on purpose (-c n, a lock timeout)
+    seconds: float = 0.0
+
+    def add(self, landed: Landed) -> None:
+        self.messages += landed.messages
+        self.links += landed.links
+        self.bytes += landed.bytes
+        self.already_there += landed.already_there
+        if landed.whole:
+            self.folders_whole += 1
+        elif landed.merged and (landed.messages or landed.already_there):
+            self.folders_merged += 1
+
+    def exit_code(self) -> int:
+        codes = [ExitCode.OK]
+        if self.damaged or not (self.complete or self.stopped):
+            codes.append(ExitCode.DAMAGED)
+        if self.locked:
+            codes.append(ExitCode.LOCKED)
+        if self.unresolved:
+            codes.append(ExitCode.UNRESOLVED_LINKS)
+        if self.skipped:
+            codes.append(ExitCode.SKIPPED)
+        return most_serious(*codes)
+
+
+Decide = Callable[[str], bool]
+Fetch = Callable[[str], "bytes | memoryview | None"]
+
+
+class Stop(Exception):
+    """The run ends here (``-c n``, a lock timeout); what landed stays."""
+
+
+@dataclass
+class _User:
+    record: UserRecord
+    partition: str            # where it goes in the store
+    user: str
+
+
+@dataclass
+class _Folder:
+    logical: str
+    target: tuple[str, str, str]          # (partition, user, folder) in the store
+    plan: FolderPlan
+    writer: FolderWriter | None
+    listed: frozenset[str]
+    seen: set[str] = field(default_factory=set)
+    dead: bool = False                    # discarded: its remaining messages are ignored
+
+
+class Engine:
+    def __init__(self, store: StoreWriter, options: RestoreOptions, decide: Decide, *,
+                 has_full: bool, backup_created: int, fetch: Fetch | None = None,
+                 emit: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.options = options
+        self.decide = decide
+        self.has_full = has_full
+        self.sibling_suffix = sibling_suffix(backup_created)
+        self.fetch = fetch
+        self.emit = emit
+        self.report = RestoreReport()
+        self.restored: dict[str, Any] = {}    # member name -> RestoredFile (shared inodes only)
+        self._user: _User | None = None
+        self._folder: _Folder | None = None
+        self._listing: str | None = None      # -t: the logical name of the folder listed
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _error(self, bucket: list[str], message: str) -> None:
+        bucket.append(message)
+        log.warning("%s", message)
+        if not self.decide(message):
+            raise Stop()
+
+    def _list(self, line: str) -> None:
+        self.report.listing.append(line)
+        if self.emit:
+            self.emit(line)
+
+    # -- users -----------------------------------------------------------------------------
+
+    def begin_user(self, record: UserRecord | None, invalid: str | None = None) -> None:
+        self.end_user()
+        if record is None:
+            self._error(self.report.damaged, f"{invalid}: user skipped")
+            return
+        if not user_selected(self.options.patterns, record.partition, record.group, record.user):
+            return
+        self.report.matched = True
+        partition = self.options.partition or record.partition
+        if not self.store.has_partition(partition):
+            self._error(self.report.skipped, f"{record.logical}: partition {partition!r} is not"
+                        " configured here; use --partition")
+            return
+        user = map_user(record.user, self.options.user_map)
+        self._user = _User(record, partition, user)
+        if self.options.list_only:
+            self._list(f"user {record.logical} ({len(record.folders)} folders)")
+            return
+        try:
+            self.store.prepare_user(partition, user)
+        except (OSError, LayoutError) as exc:
+            self._user = None
+            self._error(self.report.skipped, f"{record.logical}: {_reason(exc)}")
+
+    def end_user(self) -> None:
+        """Subscriptions go in once the user's folders are restored (the Maildir exists)."""
+        self.end_folder()
+        user, self._user = self._user, None
+        if user is None or self.options.list_only or not user.record.subscriptions:
+            return
+        try:
+            self.store.add_subscriptions(user.partition, user.user, list(user.record.subscriptions))
+        except StoreLocked as exc:
+            self.report.locked.append(f"{user.record.logical}: subscriptions: {exc}")
+        except OSError as exc:
+            self.report.skipped.append(f"{user.record.logical}: subscriptions: {_reason(exc)}")
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def begin_folder(self, record: FolderRecord | None, invalid: str | None = None) -> None:
+        self.end_folder()
+        self._listing = None
+        user = self._user
+        if user is None:
+            return
+        if record is None:
+            self._error(self.report.damaged, f"{invalid}: folder not restored")
+            return
+        if (record.partition, record.user) != (user.record.partition, user.record.user):
+            self._error(self.report.damaged, f"{record.partition}/{record.user}/{record.folder}:"
+                        " a folder state outside its user: not restored")
+            return
+        u = user.record
+        if not folder_selected(self.options.patterns, u.partition, u.group, u.user, record.folder):
+            return
+        logical = f"{u.logical}/{record.folder}"
+        if self.options.list_only:
+            self._listing = logical
+            if record.messages is not None:
+                self._list(f"folder {logical} uidvalidity={record.uidvalidity}"
+                           f" next_uid={record.next_uid} messages={len(record.messages)}")
+            return
+        try:
+            live = self.store.live_folder(user.partition, user.user, record.folder)
+        except (OSError, LayoutError) as exc:
+            self._error(self.report.skipped, f"{logical}: {_reason(exc)}")
+            return
+        plan = plan_folder(record, live, has_full=self.has_full,
+                           new_sibling=self.options.new_sibling,
+                           uid_margin=self.options.uid_margin)
+        if plan.action is Action.SKIP:
+            if self.has_full:
+                return      # an incremental's unchanged folder inside a single archive
+            self._error(self.report.skipped, f"{logical}: {plan.note}")
+            return
+        if plan.note:
+            self.report.notes.append(f"{logical}: {plan.note}")
+        folder = record.folder
+        if plan.into_sibling:
+            folder = self.store.free_sibling(user.partition, user.user, folder, self.sibling_suffix)
+        listed = frozenset(m.key for m in record.messages or ())
+        try:
+            if plan.action is Action.WHOLE:
+                assert plan.whole is not None
+                writer = self.store.restore_whole(user.partition, user.user, folder, plan.whole)
+            else:
+                writer = self.store.add_to_folder(user.partition, user.user, folder,
+                                                  not self.options.ignore_existing)
+        except (OSError, LayoutError) as exc:
+            self._error(self.report.skipped, f"{logical}: {_reason(exc)}")
+            return
+        self._folder = _Folder(logical, (user.partition, user.user, folder), plan, writer, listed)
+
+    def end_folder(self) -> None:
+        folder, self._folder = self._folder, None
+        if folder is None or folder.writer is None:
+            return
+        try:
+            self.report.add(folder.writer.commit())
+        except StoreLocked as exc:
+            folder.writer.abort()
+            self.report.add(folder.writer.landed)
+            self.report.locked.append(str(exc))
+            log.error("%s", exc)
+            raise Stop() from None
+        except OSError as exc:
+            folder.writer.abort()
+            self.report.add(folder.writer.landed)
+            self._error(self.report.skipped, f"{folder.logical}: {_reason(exc)}")
+
+    def _discard_folder(self, folder: _Folder) -> None:
+        if folder.writer is not None:
+            folder.writer.abort()
+            self.report.add(folder.writer.landed)
+            folder.writer = None
+        folder.dead = True
+
+    def abort(self) -> None:
+        """Interrupted: the folder in progress does not reach the store."""
+        folder, self._folder = self._folder, None
+        self._user = None
+        if folder is not None and folder.writer is not None:
+            folder.writer.abort()
+            self.report.add(folder.writer.landed)
+
+    # -- messages --------------------------------------------------------------------------
+
+    def message(self, record: MessageRecord | None, invalid: str | None, name: str,
+                is_link: bool, linkname: str, data: Callable[[], bytes | memoryview]) -> None:
+        folder = self._folder
+        if self.options.list_only:
+            if self._listing is not None and record is not None:
+                link = f" -> {linkname}" if is_link else ""
+                self._list(f"{self._listing}/{record.key} uid={record.uid} size={record.size}"
+                           f" flags={record.flags} keywords={','.join(record.keywords)}{link}")
+            return
+        if folder is None or folder.dead:
+            return
+        if record is None or record.key not in folder.listed or record.key in folder.seen:
+            why = invalid or (f"{folder.logical}/{record.key}: listed twice in its folder"
+                              if record is not None and record.key in folder.seen else
+                              f"{folder.logical}/{record.key if record else name}: not listed in"
+                              " its folder state")
+            if folder.plan.action is Action.WHOLE:
+                self._discard_folder(folder)
+                self._error(self.report.damaged, f"{why}; folder {folder.logical} not restored")
+            else:
+                self._error(self.report.damaged, f"{why}: message not restored")
+            return
+        folder.seen.add(record.key)
+        source = plan_message_source(name, is_link, linkname, self.restored, self.fetch is not None)
+        try:
+            self._place(folder, record, name, linkname, source, data)
+        except MemberDamaged as exc:
+            self._error(self.report.damaged, str(exc))
+        except StoreLocked as exc:
+            self._discard_folder(folder)
+            self.report.locked.append(str(exc))
+            log.error("%s", exc)
+            raise Stop() from None
+        except OSError as exc:
+            self._error(self.report.skipped, f"{folder.logical}/{record.key}: {_reason(exc)}")
+
+    def _place(self, folder: _Folder, record: MessageRecord, name: str, linkname: str,
+               source: Source, data: Callable[[], bytes | memoryview]) -> None:
+        writer = folder.writer
+        assert writer is not None
+        if source is Source.INVALID:
+            self._error(self.report.damaged, f"{folder.logical}/{record.key}: link to itself")
+            return
+        if source is Source.LINK:
+            first = self.restored[linkname]
+            try:
+                self._remember(name, record, writer.add_link(record, first))
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOENT, errno.EMLINK):
+                    raise
+                if exc.errno != errno.ENOENT:       # another file system: copy the bytes
+                    self._remember(name, record, writer.add(record, self.store.read_file(first)))
+                    return
+            source = Source.FETCH if self.fetch is not None else Source.UNRESOLVED
+        if source is Source.FETCH:
+            assert self.fetch is not None
+            fetched = self.fetch(linkname)
+            if fetched is not None:
+                placed = writer.add(record, fetched)
+                self.restored[name] = placed
+                self.restored.setdefault(linkname, placed)
+                return
+            source = Source.UNRESOLVED
+        if source is Source.UNRESOLVED:
+            partition, user, target_folder = folder.target
+            self.report.unresolved.append({
+                "partition": partition, "user": user, "folder": target_folder,
+                "logical": f"{folder.logical}/{record.key}", "basename": record.key,
+                "uid": record.uid, "flags": record.flags, "keywords": list(record.keywords),
+                "internaldate": record.internaldate, "is_new": record.is_new, "needs": linkname,
+            })
+            return
+        self._remember(name, record, writer.add(record, data()))
+
+    def _remember(self, name: str, record: MessageRecord, placed: Any) -> None:
+        if record.links > 1:
+            self.restored[name] = placed
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def member(self, member: Member, read_data: Callable[[Member], bytes | memoryview]) -> None:
+        kind = member.kind
+        if kind == fmt.MESSAGE:
+            self.message(member.record, member.invalid, member.name, member.is_link,
+                         member.linkname, lambda: read_data(member))
+        elif kind == fmt.FOLDER:
+            self.begin_folder(member.record, member.invalid)
+        elif kind == fmt.USER:
+            self.begin_user(member.record, member.invalid)
+        elif kind == fmt.TRAILER:
+            self.end_user()
+
+    def run(self, feed: Callable[["Engine"], None]) -> RestoreReport:
+        """Drive ``feed``; the report says what landed and what went wrong."""
+        started = time.monotonic()
+        try:
+            feed(self)
+            self.end_user()
+            self.report.complete = True
+        except (Incomplete, ArchiveDamaged) as exc:
+            self.report.damaged.append(str(exc))
+            log.error("%s", exc)
+            self._end_quietly()
+        except Stop:
+            self.report.stopped = True
+            self._end_quietly()
+        except BaseException:
+            self.abort()
+            raise
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _end_quietly(self) -> None:
+        try:
+            self.end_user()
+        except Stop:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+# -- feeds -------------------------------------------------------------------------------------
+
+def feed_archive(reader: ArchiveReader) -> Callable[[Engine], None]:
+    """Every member of one archive, in order."""
+    def feed(engine: Engine) -> None:
+        for member in reader.members():
+            engine.member(member, reader.read_data)
+    return feed
+
+
+def feed_indexed(reader: ArchiveReader, trailer: TrailerRecord) -> Callable[[Engine], None]:
+    """Only the selected users' members of a seekable archive, by the trailer's offsets
+    (each message still checked against its digest)."""
+    def feed(engine: Engine) -> None:
+        for entry in trailer.users:
+            if not user_selected(engine.options.patterns, entry.partition, entry.group, entry.user):
+                continue
+            member = reader.member_at(entry.offset)
+            if member is None or member.kind != fmt.USER:
+                raise ArchiveDamaged(f"{reader.device_name}: no user member at byte"
+                                     f" {entry.offset} as the index says")
+            reader.json_at(member)
+            decode_record(member)
+            engine.member(member, reader.data_at)
+            for extent in trailer.folders:
+                if (extent.partition, extent.user) != (entry.partition, entry.user):
+                    continue
+                for member in reader.members_between(extent.offset, extent.end):
+                    engine.member(member, reader.data_at)
+            engine.end_user()
+    return feed
+
+
+def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:
+    """A message's bytes found by member name in a seekable archive (the trailer's index)."""
+    def fetch(name: str) -> bytes | None:
+        parts = name.split("/")
+        if len(parts) < 4:
+            return None
+        extent = trailer.folder(parts[0], parts[1], "/".join(parts[2:-1]))
+        if extent is None:
+            return None
+        member = reader.find_member(name, extent.offset, extent.end)
+        if member is None or member.is_link:
+            return None
+        return reader.data_at(member)
+    return fetch

@@ -1,0 +1,110 @@
+"""The one place that builds a restore: store writer, readers, engine — for ``imsrestore``,
+``imsasm`` (NetWorker's recover) and Bacula's restore (``imsrestore`` from bpipe).
+
+Each entry point returns the engine's ``RestoreReport`` and the header of the archive it
+restored (for references files); the commands only parse options and print.
+
+Failure behaviour: ``ConfigError`` (exit 2) for a store configuration that cannot be used;
+``UsageError`` (exit 2) for a chain that is not one or a name not in the archive;
+``ArchiveDamaged`` (exit 4) for an archive whose header or trailer cannot be read; the rest
+is in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ims.archive.prefetch import PrefetchReader
+from ims.archive.reader import ArchiveReader
+from ims.archive.records import ArchiveHeader
+from ims.config import Config
+from ims.errors import ConfigError, UsageError
+from ims.restore import chain as chains
+from ims.restore.engine import (Decide, Engine, RestoreOptions, RestoreReport, feed_archive,
+                                feed_indexed, fetch_by_name)
+from ims.restore.refs import feed_refs
+from ims.restore.selection import selects_users_only
+from ims.store.maildir import LayoutError, MaildirStore
+from ims.store.maildir_write import MaildirWriter, Owner
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    lock_timeout: float = 60.0
+    sync: bool = False
+    batch: int = 500
+
+
+def open_store(config: Config) -> MaildirStore:
+    try:
+        return MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")
+    except LayoutError as exc:
+        raise ConfigError(f"{config.msg.path}: store.maildir.layout: {exc}") from None
+
+
+def store_writer(config: Config, store: MaildirStore, settings: WriterSettings) -> MaildirWriter:
+    uid, gid = config.msg.get("local.store.uid"), config.msg.get("local.store.gid")
+    owner = Owner(int(uid), int(gid)) if uid and gid and uid.isdigit() and gid.isdigit() else None
+    return MaildirWriter(store, owner, settings.lock_timeout, settings.sync, settings.batch)
+
+
+def check_partition(store: MaildirStore, partition: str | None) -> None:
+    if partition is not None and partition not in store.partition_dirs:
+        raise UsageError(f"--partition {partition}: not a configured partition"
+                         f" ({', '.join(store.partition_dirs)})")
+
+
+Emit = Callable[[str], None] | None
+
+
+def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReader,
+                    options: RestoreOptions, decide: Decide,
+                    emit: Emit = None) -> tuple[RestoreReport, ArchiveHeader]:
+    """One archive, from a file (read by the trailer's index when only some users are
+    selected) or a stream (in order)."""
+    header = reader.read_header()
+    order = chains.order_chain([(reader.device_name, header)], allow_gaps=True)
+    trailer = reader.locate_trailer() if isinstance(reader, ArchiveReader) else None
+    fetch = fetch_by_name(reader, trailer) if trailer is not None else None
+    if trailer is not None and selects_users_only(options.patterns) and not options.list_only:
+        feed = feed_indexed(reader, trailer)
+    else:
+        feed = feed_archive(reader)
+    engine = Engine(writer, options, decide, has_full=order.has_full,
+                    backup_created=header.created, fetch=fetch, emit=emit)
+    engine.report.notes.extend(order.notes)
+    return engine.run(feed), header
+
+
+def restore_chain(writer: MaildirWriter, readers: list[ArchiveReader], options: RestoreOptions,
+                  decide: Decide, allow_gaps: bool,
+                  emit: Emit = None) -> tuple[RestoreReport, ArchiveHeader]:
+    """A full backup and its incrementals, checked and merged (``ims.restore.chain``)."""
+    headers = chains.check_headers(readers)
+    order = chains.order_chain(headers, allow_gaps)
+    ordered = [readers[i] for i in order.order]
+    merged = chains.merge(ordered, options.patterns)
+    last = headers[order.order[-1]][1]
+    engine = Engine(writer, options, decide, has_full=order.has_full,
+                    backup_created=last.created, fetch=chains.fetch_from_chain(merged), emit=emit)
+    engine.report.notes.extend(order.notes)
+    return engine.run(chains.feed_chain(merged)), last
+
+
+def restore_refs(writer: MaildirWriter, reader: ArchiveReader, entries: list[dict],
+                 options: RestoreOptions, decide: Decide) -> tuple[RestoreReport, ArchiveHeader]:
+    """Complete a pipe restore: each listed message from the copy it needs."""
+    header = reader.read_header()
+    trailer = reader.locate_trailer()
+    if trailer is None:
+        from ims.errors import ArchiveDamaged
+        raise ArchiveDamaged(f"{reader.device_name}: no trailer: -r needs the complete archive file")
+    plain = RestoreOptions(ignore_existing=options.ignore_existing, uid_margin=options.uid_margin)
+    engine = Engine(writer, plain, decide, has_full=True, backup_created=header.created,
+                    fetch=fetch_by_name(reader, trailer))
+    report = engine.run(feed_refs(entries))
+    for entry in report.unresolved:
+        report.skipped.append(f"{entry['logical']}: {entry['needs']} is not in {reader.device_name}")
+    report.unresolved = []
+    return report, header
