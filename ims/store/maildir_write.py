@@ -1,4 +1,6 @@
-"""Dovecot Maildir++ driver (write side): the two ways a folder is restored.
+"""Dovecot Maildir++ driver (write side): ``MaildirWriter``, the driver's ``StoreWriter``
+(ims/store/base.py), and the two ways a folder is restored.  Which way, and every UID
+decision, comes from ``ims.restore.plan``; this module only carries them out on disk.
 
 ``NewFolder`` (a folder that is gone, or has never handed out a UID): the folder is built
 aside — message files, ``dovecot-uidlist`` with the archive's UIDVALIDITY, GUID, UIDs and
@@ -23,8 +25,13 @@ dropped, as Dovecot's Maildir cannot hold them in file names).
 Files get mode 0600, directories 0700 (Dovecot's own), the owner given, and the message's
 INTERNALDATE as mtime.  Nothing here follows a symbolic link when creating files.
 
+Counting: ``landed`` says what is in the store, counted when it lands (a committed batch, a
+folder renamed into place), never when it is staged.
+
 Failure behaviour: ``OSError`` propagates to the engine, which reports the message or folder;
-``StoreLocked`` when the lock cannot be had within the bound.
+``StoreLocked`` when the lock cannot be had within the bound, after removing what the
+folder had staged; ``abort`` removes a folder built aside, or the staged files of a live
+folder, so an interrupted restore leaves nothing half-built.
 """
 
 from __future__ import annotations

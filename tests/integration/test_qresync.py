@@ -381,7 +381,6 @@ def test_imsrestore_of_a_deleted_folder_resyncs_qresync_flags(dovecot, tmp_path)
     assert_modseq_resync(cache, resync, backed_up)
 
 
-@pytest.mark.xfail(reason="awaiting restore integration (the next-UID rule)", strict=False)
 def test_imsrestore_of_a_deleted_folder_reports_mail_delivered_since_as_vanished(
         dovecot, tmp_path):
     cache, resync, backed_up = end_to_end(dovecot, tmp_path, "hugo")
