@@ -22,6 +22,11 @@ FOLDER = "folder"
 MESSAGE = "message"
 TRAILER = "trailer"
 
+# pax keys read outside the record types (the member's kind; the data checks)
+TYPE_KEY = "IMS.type"
+SHA256_KEY = "IMS.sha256"
+SIZE_KEY = "IMS.size"
+
 HEADER_NAME = ".ims/header.json"
 TRAILER_NAME = ".ims/trailer.json"
 USER_MEMBER = ".ims-user.json"

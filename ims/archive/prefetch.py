@@ -78,10 +78,13 @@ class PrefetchReader:
             _, slot, entries = item
             self._release()
             self._slot = slot
-            for fields, body, data in entries:
+            for fields, body, decoded, data in entries:
                 member = Member(*fields)
                 member.body = body
-                decode_record(member)
+                if decoded is None:             # a JSON member: decoded here
+                    decode_record(member)
+                else:                           # a message: decoded (validated) in the child,
+                    member.record, member.invalid = decoded   # alongside this one's writing
                 if data is not None:
                     self._data[id(member)] = data
                 yield member
@@ -110,7 +113,7 @@ class PrefetchReader:
 
     def _child(self, channel: Channel, fd: int, blocking_factor: int) -> None:
         reader = ArchiveReader(fd, self.device_name, blocking_factor)
-        reader.decode_records = False
+        reader.decode_kinds = frozenset((fmt.MESSAGE,))
         free = list(range(SLOTS))
         lock = threading.Lock()
         batch: dict[str, Any] = {"slot": None, "used": 0, "entries": [], "waiting_since": None}
@@ -172,7 +175,8 @@ class PrefetchReader:
                             batch["used"] = used + len(data)
                     fields = (member.name, member.typeflag, member.size, member.mtime,
                               member.linkname, member.pax, member.offset, member.data_offset)
-                    batch["entries"].append((fields, member.body, data_ref))
+                    decoded = (member.record, member.invalid) if member.kind == fmt.MESSAGE else None
+                    batch["entries"].append((fields, member.body, decoded, data_ref))
                     if (member.kind == fmt.TRAILER or batch["used"] >= BATCH_BYTES
                             or len(batch["entries"]) >= BATCH_ITEMS):
                         flush()

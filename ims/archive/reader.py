@@ -58,7 +58,7 @@ class Member:
 
     @property
     def kind(self) -> str:
-        return self.pax.get("IMS.type", "")
+        return self.pax.get(fmt.TYPE_KEY, "")
 
     @property
     def is_link(self) -> bool:
@@ -153,7 +153,9 @@ class ArchiveReader:
         self.header: ArchiveHeader | None = None
         self.trailer: TrailerRecord | None = None
         self.stats = ReadStats()
-        self.decode_records = True  # off in the prefetching child: its parent decodes
+        # which members ``members`` decodes into records (the prefetching child leaves the
+        # JSON ones to its parent, to balance the work of the two processes)
+        self.decode_kinds = frozenset((fmt.USER, fmt.FOLDER, fmt.MESSAGE))
         self._pending = 0           # unread data bytes (with padding) of the current member
         self._pending_digest = False
 
@@ -251,10 +253,10 @@ class ArchiveReader:
         self._check(member, digest.hexdigest())
 
     def _check(self, member: Member, sha: str) -> None:
-        if member.pax.get("IMS.sha256") != sha:
+        if member.pax.get(fmt.SHA256_KEY) != sha:
             raise MemberDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
                                 " SHA-256 mismatch, the message is damaged")
-        if member.pax.get("IMS.size") != str(member.size):
+        if member.pax.get(fmt.SIZE_KEY) != str(member.size):
             raise MemberDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
                                 " size does not match IMS.size")
 
@@ -291,7 +293,7 @@ class ArchiveReader:
                     self.stats.links += 1
                 elif member.typeflag == fmt.REGULAR:
                     self.stats.messages += 1
-            if self.decode_records:
+            if kind in self.decode_kinds:
                 decode_record(member)
             yield member
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from ims.errors import ArchiveDamaged
 
@@ -54,18 +54,24 @@ def valid_folder(folder: object) -> bool:
                for level in folder.split("/"))
 
 
+_KEY = re.compile(r"[^./:\x00-\x1f\x7f][^/:\x00-\x1f\x7f]*\Z")
+
+
 def valid_key(key: object) -> bool:
-    """A message's stable name inside its folder (the Maildir base name)."""
-    return isinstance(key, str) and bool(key) and key not in (".", "..") and "/" not in key \
-        and ":" not in key and not key.startswith(".") and not _has_control(key)
+    """A message's stable name inside its folder (the Maildir base name): not empty, no
+    leading dot (so neither ``.`` nor ``..``), no ``/``, ``:`` or control characters."""
+    return isinstance(key, str) and _KEY.match(key) is not None
 
 
 def valid_keyword(name: object) -> bool:
     return isinstance(name, str) and bool(name) and not _KEYWORD_BAD.search(name)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    return _CONTROL.search(text) is not None
 
 
 # -- value checks --------------------------------------------------------------------------
@@ -226,9 +232,8 @@ class UserRecord:
 
 # -- folder state --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class ListedMessage:
-    """One message as the folder listed it at backup time."""
+class ListedMessage(NamedTuple):
+    """One message as the folder listed it at backup time (a tuple: cheap to make in bulk)."""
 
     key: str
     uid: int | None
@@ -274,21 +279,30 @@ class FolderRecord:
         messages = []
         keys: set[str] = set()
         uids: set[int] = set()
+        key_ok, flags_ok = _KEY.match, SYSTEM_FLAGS.issuperset
+        # one pass, checks inlined: a folder state lists every message of its folder
         for item in raw:
-            if not isinstance(item, list) or len(item) != 4:
+            if type(item) is not list or len(item) != 4:
                 raise c.fail(f"message entry {item!r} is not [name, uid, flags, keywords]")
             key, uid, flags, keywords = item
-            if not valid_key(key):
+            if type(key) is not str or key_ok(key) is None:
                 raise c.fail(f"invalid message name {key!r}")
             if key in keys:
                 raise c.fail(f"message name {key!r} is listed twice")
-            uid = c.integer("uid", 1, UID_MAX, optional=True, value=uid)
+            keys.add(key)
             if uid is not None:
+                if type(uid) is not int or not 1 <= uid <= UID_MAX:
+                    raise c.fail(f"uid {uid!r} of {key!r} is not a whole number in 1..{UID_MAX}")
                 if uid in uids:
                     raise c.fail(f"UID {uid} is listed twice")
                 uids.add(uid)
-            keys.add(key)
-            messages.append(ListedMessage(key, uid, c.flags(flags), c.keywords(keywords)))
+            if type(flags) is not str or not flags_ok(flags):
+                raise c.fail(f"flags {flags!r} are not Maildir system flag letters")
+            if type(keywords) is not list:
+                raise c.fail(f"keywords {keywords!r} are not IMAP keywords")
+            if keywords:
+                keywords = c.keywords(keywords)
+            messages.append(ListedMessage(key, uid, flags, tuple(keywords)))
         keywords_list = body.get("keywords") or []
         return cls(partition, user, folder, None,
                    uidvalidity=c.integer("uidvalidity", 1, UID_MAX, optional=True),
@@ -324,9 +338,9 @@ class FolderRecord:
 
 # -- message -------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class MessageRecord:
-    """A message member's metadata (its pax records), in store-neutral terms."""
+class MessageRecord(NamedTuple):
+    """A message member's metadata (its pax records), in store-neutral terms.  A tuple:
+    cheap to make once per message and to hand over between processes."""
 
     key: str
     uid: int | None
@@ -357,11 +371,11 @@ class MessageRecord:
                 if not 1 <= uid <= UID_MAX:
                     raise ValueError(f"IMS.uid {uid_text!r} is out of range")
             flags = pax.get("IMS.flags", "")
-            if not set(flags) <= SYSTEM_FLAGS:
+            if not SYSTEM_FLAGS.issuperset(flags):
                 raise ValueError(f"IMS.flags {flags!r}")
             words = pax.get("IMS.keywords", "")
             keywords = tuple(words.split(" ")) if words else ()
-            if not all(valid_keyword(k) for k in keywords):
+            if keywords and not all(valid_keyword(k) for k in keywords):
                 raise ValueError(f"IMS.keywords {words!r}")
             date_text = pax.get("IMS.internaldate")
             internaldate = mtime if date_text is None else int(date_text)
@@ -381,8 +395,8 @@ class MessageRecord:
                 raise ValueError(f"IMS.size {size_text!r} (the member holds {size} bytes)")
         except ValueError as exc:
             raise RecordError(f"{where}: {exc}") from None
-        return cls(key, uid, "".join(sorted(set(flags))), keywords, internaldate,
-                   pax.get("IMS.state") == "new", int(size_text), sha, links)
+        return cls(key, uid, flags, keywords, internaldate, pax.get("IMS.state") == "new",
+                   int(size_text), sha, links)
 
 
 # -- trailer -------------------------------------------------------------------------------

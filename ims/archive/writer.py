@@ -105,7 +105,7 @@ class ArchiveWriter:
     def add_json(self, name: str, kind: str, body: dict[str, Any], mtime: int) -> None:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = fmt.member_headers(name, len(payload), mtime, fmt.REGULAR,
-                                     [("IMS.type", kind)], uid=0, gid=0)
+                                     [(fmt.TYPE_KEY, kind)], uid=0, gid=0)
         self._emit(headers + payload + fmt.padding(len(payload)), digest=True)
 
     def begin_folder(self, name: str, state: dict[str, Any], mtime: int) -> None:

@@ -192,7 +192,7 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
             if isinstance(reader, PrefetchReader):
                 reader.close()
         source_name = device_name
-    if names and not refs_in and not report.matched and report.complete:
+    if names and not refs_in and not report.matched and report.complete and not report.damaged:
         raise UsageError(f"{' '.join(names)}: not in the archive {source_name}")
 
     refs_path = None

@@ -40,7 +40,7 @@ from typing import Callable
 from ims.archive import format as fmt
 from ims.archive.reader import ArchiveReader, MemberDamaged
 from ims.archive.records import ArchiveHeader, FolderRecord, MessageRecord, UserRecord
-from ims.errors import ArchiveDamaged, UsageError
+from ims.errors import UsageError
 from ims.restore.engine import Engine
 from ims.restore.selection import Pattern, folder_selected, user_selected
 
@@ -104,8 +104,8 @@ class MergedChain:
     states: dict[tuple[str, str, str], FolderRecord] = field(default_factory=dict)
     by_folder: dict[tuple[str, str, str, str], Bytes] = field(default_factory=dict)
     by_user: dict[tuple[str, str, str], Bytes] = field(default_factory=dict)
-    by_name: dict[str, Bytes] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
+    earlier_users: dict[tuple[str, str], UserRecord] = field(default_factory=dict)
 
 
 def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> MergedChain:
@@ -135,6 +135,8 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                     user = None
                 elif number == last:
                     chain.users.append(user)
+                else:
+                    chain.earlier_users[(user.partition, user.user)] = user
             elif kind == fmt.FOLDER:
                 folder_key = None
                 state: FolderRecord = member.record
@@ -168,6 +170,12 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
     def feed(engine: Engine) -> None:
         for problem in chain.invalid:
             engine.report.damaged.append(problem)
+        for key in set(chain.earlier_users) - {(u.partition, u.user) for u in chain.users}:
+            gone = chain.earlier_users[key]
+            engine.report.matched = True
+            engine.report.notes.append(
+                f"{gone.logical}: not in the last backup of the chain (deleted before it):"
+                " not restored; restore it from an earlier archive alone to bring it back")
         emitted: dict[Bytes, str] = {}            # shared bytes -> the first name fed
         for user in chain.users:
             engine.begin_user(user)
@@ -221,10 +229,5 @@ def fetch_from_chain(chain: MergedChain) -> Callable[[str], bytes | None]:
 
 
 def check_headers(readers: list[ArchiveReader]) -> list[tuple[str, ArchiveHeader]]:
-    headers = []
-    for reader in readers:
-        header = reader.read_header()
-        if header is None:
-            raise ArchiveDamaged(f"{reader.device_name}: no archive header")
-        headers.append((reader.device_name, header))
-    return headers
+    """Each archive's header, read and checked (format, version, blocking factor)."""
+    return [(reader.device_name, reader.read_header()) for reader in readers]

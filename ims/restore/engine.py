@@ -225,8 +225,6 @@ class Engine:
                            new_sibling=self.options.new_sibling,
                            uid_margin=self.options.uid_margin)
         if plan.action is Action.SKIP:
-            if self.has_full:
-                return      # an incremental's unchanged folder inside a single archive
             self._error(self.report.skipped, f"{logical}: {plan.note}")
             return
         if plan.note:

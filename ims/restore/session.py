@@ -19,7 +19,7 @@ from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader
 from ims.archive.records import ArchiveHeader
 from ims.config import Config
-from ims.errors import ConfigError, UsageError
+from ims.errors import ArchiveDamaged, ConfigError, UsageError
 from ims.restore import chain as chains
 from ims.restore.engine import (Decide, Engine, RestoreOptions, RestoreReport, feed_archive,
                                 feed_indexed, fetch_by_name)
@@ -98,7 +98,6 @@ def restore_refs(writer: MaildirWriter, reader: ArchiveReader, entries: list[dic
     header = reader.read_header()
     trailer = reader.locate_trailer()
     if trailer is None:
-        from ims.errors import ArchiveDamaged
         raise ArchiveDamaged(f"{reader.device_name}: no trailer: -r needs the complete archive file")
     plain = RestoreOptions(ignore_existing=options.ignore_existing, uid_margin=options.uid_margin)
     engine = Engine(writer, plain, decide, has_full=True, backup_created=header.created,

@@ -48,6 +48,7 @@ from pathlib import Path
 from ims.archive.records import MessageRecord
 from ims.errors import StoreLocked
 from ims.restore.plan import Placement, merge_next_uid, plan_merge
+from ims.store import modseq as dovecot_modseq
 from ims.store import uidlist
 from ims.store.base import Landed, LiveFolder, WholeFolder
 from ims.store.lock import FolderLock, process_alive
@@ -255,6 +256,7 @@ class NewFolder:
             self.landed.links += size == 0
             self.landed.bytes += size
         self.landed.whole = True
+        self.placed = []    # committed: a Placed that outlives this needs only ``aside``
 
     def commit(self) -> Landed:
         """Move the folder into place.  If it appeared meanwhile: still empty (Dovecot
@@ -265,7 +267,8 @@ class NewFolder:
         if self.keywords:
             replace_file(self.aside, "dovecot-keywords", self._keywords_text(), self.owner)
         if self.whole.modseq is not None:
-            seed_modseq(self.aside, self.whole.modseq, self.owner.uid, self.owner.gid)
+            seed_modseq(self.aside, self.whole.modseq, self.owner.uid, self.owner.gid,
+                        unseen=True)
         if self.sync:
             _sync_dir(self.aside / "cur")
             _sync_dir(self.aside)
@@ -587,10 +590,9 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def seed_modseq(folder: Path, modseq: int, uid: int, gid: int) -> None:
+def seed_modseq(folder: Path, modseq: int, uid: int, gid: int, unseen: bool = False) -> None:
     """Make Dovecot's first open of a restored folder start at ``modseq``."""
-    from ims.store import modseq as dovecot_modseq   # Dovecot's index formats live there
-    dovecot_modseq.seed_modseq(folder, modseq, uid, gid)
+    dovecot_modseq.seed_modseq(folder, modseq, uid, gid, unseen=unseen)
 
 
 # -- the driver's StoreWriter ------------------------------------------------------------------
@@ -610,6 +612,7 @@ class MaildirWriter:
         self.batch_size = batch_size
         self._owners: dict[tuple[str, str], Owner] = {}
         self._partition_owners: dict[str, Owner] = {}
+        self._maildirs: dict[tuple[str, str], Path] = {}
         self._counter = 0
 
     def has_partition(self, partition: str) -> bool:
@@ -634,8 +637,16 @@ class MaildirWriter:
             self._partition_owners[partition] = Owner(st.st_uid, st.st_gid)
         return self._partition_owners[partition]
 
+    def _maildir(self, partition: str, user: str) -> Path:
+        key = (partition, user)
+        if key not in self._maildirs:
+            if len(self._maildirs) > 1024:      # users come one after another
+                self._maildirs.clear()
+            self._maildirs[key] = self.store.maildir(partition, user)
+        return self._maildirs[key]
+
     def folder_path(self, partition: str, user: str, folder: str) -> Path:
-        maildir = self.store.maildir(partition, user)
+        maildir = self._maildir(partition, user)
         return maildir if folder == INBOX else maildir / folder_to_dirname(folder)
 
     def live_folder(self, partition: str, user: str, folder: str) -> LiveFolder:
@@ -655,7 +666,7 @@ class MaildirWriter:
         make_dirs(self.store.maildir(partition, user).parent, self.owner(partition, user))
 
     def _maildir_for(self, partition: str, user: str, folder: str) -> Path:
-        maildir = self.store.maildir(partition, user)
+        maildir = self._maildir(partition, user)
         if folder != INBOX and not maildir.is_dir():
             make_maildir(maildir, self.owner(partition, user), marker=False)  # an INBOX to hang it on
         return maildir

@@ -267,7 +267,8 @@ def restored_modseq(recorded: int | None, now: float) -> int:
     return floor
 
 
-def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int) -> None:
+def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int,
+                *, unseen: bool = False) -> None:
     """Make a folder that has no index files yet, and that Dovecot has not opened, start at
     ``modseq`` when Dovecot first opens it: write a ``dovecot.index.log`` holding only a
     header with that ``initial_modseq``.  ``folder_dir`` is a path or a directory fd.
@@ -275,7 +276,8 @@ def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int) -
     The log is written complete under a temporary name and then hard-linked to its name, so
     Dovecot never sees a partial header, and an existing log is never replaced
     (``FileExistsError``).  Files are created with O_EXCL|O_NOFOLLOW, mode 0600, owned
-    uid:gid when running as root.
+    uid:gid when running as root.  ``unseen``: the folder is still being built aside where
+    Dovecot cannot see it, so the log is written under its own name directly.
     """
     if not 1 <= modseq <= _MAX_MODSEQ:
         raise ValueError(f"modseq {modseq} out of range")
@@ -294,7 +296,7 @@ def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int) -
             _COMPAT_LITTLE_ENDIAN if sys.byteorder == "little" else 0, 0)
         # Not a dot name (in the Maildir root that would look like a folder to a lister);
         # the restore's stale-file cleaner knows ims-restore.<pid>.* of dead processes.
-        temp = f"ims-restore.{os.getpid()}.modseq-seed"
+        temp = LOG_NAME if unseen else f"ims-restore.{os.getpid()}.modseq-seed"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
         try:
@@ -306,10 +308,15 @@ def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int) -
                 os.fchmod(fd, 0o600)     # whatever the umask
             finally:
                 os.close(fd)
-            os.link(temp, LOG_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
-                    follow_symlinks=False)
-        finally:
+        except BaseException:
             os.unlink(temp, dir_fd=dir_fd)
+            raise
+        if not unseen:
+            try:
+                os.link(temp, LOG_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
+            finally:
+                os.unlink(temp, dir_fd=dir_fd)
     finally:
         if own_fd is not None:
             os.close(own_fd)

@@ -183,6 +183,11 @@ def test_user_and_folder_deleted_before_the_incremental_stay_deleted(fresh_store
     assert result.returncode == 0, result.stderr
     assert not (fresh_store / "partitions" / "primary" / gone_user).exists()
     assert maildir(fresh_store, kept).is_dir() and not gone_folder.exists()
+    # asked for by name: said, not restored, not an unknown name
+    result = restore(fresh_store, "-f", str(full), "-f", str(incr), f"/primary/user/{gone_user}")
+    assert result.returncode == 0, result.stderr
+    assert b"not in the last backup of the chain" in result.stderr
+    assert not (fresh_store / "partitions" / "primary" / gone_user).exists()
 
 
 def test_misspelled_name_in_a_chain_is_a_usage_error(fresh_store, tmp_path):

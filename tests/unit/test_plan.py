@@ -163,7 +163,7 @@ def folder_body(**changes):
     ({"next_uid": "x"}, "next_uid"),
     ({"messages": [["k1", -5, "S", []]]}, "uid"),
     ({"messages": [["k1", 2**40, "S", []]]}, "uid"),
-    ({"messages": [["k1", "3", "S", []], ["k1", 4, "S", []]]}, "listed twice"),
+    ({"messages": [["k1", 3, "S", []], ["k1", 4, "S", []]]}, "listed twice"),
     ({"messages": [["k1", 1, "S", []], ["k2", 1, "S", []]]}, "UID 1 is listed twice"),
     ({"messages": [["../x", 1, "S", []]]}, "invalid message name"),
     ({"messages": [["k1", 1, "S\n", []]]}, "flags"),
