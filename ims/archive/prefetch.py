@@ -4,7 +4,7 @@ A restore's costs are parsing headers, checking every message's SHA-256 and writ
 ``PrefetchReader`` forks a child that runs ``ArchiveReader`` over the stream — headers,
 digests, the trailer — and hands members over in batches through a socketpair, with message
 bytes in shared-memory slots; the parent only writes files.  It has the interface of
-``ArchiveReader`` that ``Restorer`` uses for a stream (``read_header``, ``members``,
+``ArchiveReader`` that the restore engine uses for a stream (``read_header``, ``members``,
 ``read_data``, ``header``, ``trailer``, ``seekable``), so the restore rules are not touched.
 
 Failure behaviour: the child's ``ArchiveDamaged``/``Incomplete``/``DeviceError`` are raised in

@@ -37,8 +37,7 @@ from ims.errors import ArchiveDamaged, ExitCode, StoreLocked, most_serious
 from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, plan_folder,
                               plan_message_source, sibling_suffix)
 from ims.restore.selection import Pattern, folder_selected, map_user, user_selected
-from ims.store.base import FolderWriter, Landed, StoreWriter
-from ims.store.maildir import LayoutError
+from ims.store.base import FolderWriter, Landed, StoreWriter, UnstorableName
 
 log = logging.getLogger("ims.restore")
 
@@ -174,12 +173,12 @@ class Engine:
             return
         try:
             self.store.prepare_user(partition, user)
-        except (OSError, LayoutError) as exc:
+        except (OSError, UnstorableName) as exc:
             self._user = None
             self._error(self.report.skipped, f"{record.logical}: {_reason(exc)}")
 
     def end_user(self) -> None:
-        """Subscriptions go in once the user's folders are restored (the Maildir exists)."""
+        """Subscriptions go in once the user's folders are restored (the user exists)."""
         self.end_folder()
         user, self._user = self._user, None
         if user is None or self.options.list_only or not user.record.subscriptions:
@@ -218,7 +217,7 @@ class Engine:
             return
         try:
             live = self.store.live_folder(user.partition, user.user, record.folder)
-        except (OSError, LayoutError) as exc:
+        except (OSError, UnstorableName) as exc:
             self._error(self.report.skipped, f"{logical}: {_reason(exc)}")
             return
         plan = plan_folder(record, live, has_full=self.has_full,
@@ -240,7 +239,7 @@ class Engine:
             else:
                 writer = self.store.add_to_folder(user.partition, user.user, folder,
                                                   not self.options.ignore_existing)
-        except (OSError, LayoutError) as exc:
+        except (OSError, UnstorableName) as exc:
             self._error(self.report.skipped, f"{logical}: {_reason(exc)}")
             return
         self._folder = _Folder(logical, (user.partition, user.user, folder), plan, writer, listed)

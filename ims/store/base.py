@@ -86,6 +86,11 @@ class StoreReader(Protocol):
 
 # -- the write side: what a restore needs from a store ---------------------------------------
 
+class UnstorableName(ValueError):
+    """A user or folder name this store cannot hold (for example a user without the domain
+    its layout needs); the restore reports the item and goes on."""
+
+
 @dataclass(frozen=True)
 class LiveFolder:
     """A folder of the live store as a restore sees it before deciding how to restore it."""

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Iterator
 
 from ims.store import modseq, mutf7, uidlist
-from ims.store.base import FolderState, MessageEntry, UserInfo
+from ims.store.base import FolderState, MessageEntry, UnstorableName, UserInfo
 from ims.store.subscriptions import parse_subscriptions, read_subscriptions  # noqa: F401
 
 INBOX = "INBOX"
 _SYSTEM_FLAGS = frozenset("DFPRST")
 
 
-class LayoutError(ValueError):
+class LayoutError(UnstorableName):
     pass
 
 
