@@ -134,7 +134,7 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             if item.unchanged:
                 writer.begin_folder(member, FolderRecord.encode_listed(
                     item.partition, item.user, item.folder, since, None, None, None, [], None,
-                    None), now)
+                    None, item.identity), now)
                 writer.end_folder()
                 report.unchanged_folders += 1
                 report.folders += 1
@@ -149,7 +149,8 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             writer.begin_folder(member, FolderRecord.encode_listed(
                 item.partition, item.user, item.folder, None, state.uidvalidity, state.next_uid,
                 state.guid, list(state.keywords), state.highest_modseq,
-                [[m[KEY], m[UID], m[FLAGS], list(m[KEYWORDS])] for m in item.messages]), now)
+                [[m[KEY], m[UID], m[FLAGS], list(m[KEYWORDS])] for m in item.messages],
+                item.identity), now)
         elif isinstance(item, FolderDone):
             assert folder is not None
             writer.end_folder()

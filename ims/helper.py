@@ -46,7 +46,10 @@ class Channel:
     def _exact(self, count: int) -> bytes | None:
         buffer = self._buffer
         while len(buffer) < count:
-            chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
+            try:
+                chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
+            except ConnectionError:         # the other process died (killed, out of memory)
+                return None
             if not chunk:
                 return None
             buffer += chunk
@@ -88,7 +91,9 @@ class HelperProcess:
             code = 0
             try:
                 parent_sock.close()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # Ctrl-C is the parent's to handle (it stops this process): a helper dying
+                # first would look like a stream cut short
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 body(Channel(child_sock))
             except BaseException:
                 code = 1

@@ -75,6 +75,7 @@ class FolderItem:
     messages: list[tuple] = field(default_factory=list)
     unchanged: bool = False
     error: str | None = None
+    identity: int | None = None     # follows the folder through a rename (chain restores)
 
 
 # An outcome: (kind, index, entry, mtime, uid, gid, size, start, length, sha256, link_target,
@@ -208,7 +209,9 @@ class StoreReadAhead:
                                                                       self.since):
                 # Its state is the one the previous backup of the chain recorded: not even
                 # listed (this is what makes an incremental of an unchanged store cheap).
-                self._put(FolderItem(logical, partition, user, folder, None, unchanged=True))
+                self._put(FolderItem(logical, partition, user, folder, None, unchanged=True,
+                                     identity=self.store.folder_identity(partition, user,
+                                                                         folder)))
                 return
             reader = self.store.open_folder(partition, user, folder)
         except FileNotFoundError:
@@ -224,7 +227,8 @@ class StoreReadAhead:
             listed = [wire_entry(m) for m in state.messages]
             self._put(FolderItem(logical, partition, user, folder, FolderState(
                 state.name, state.uidvalidity, state.next_uid, state.guid, state.keywords, [],
-                state.notes, state.highest_modseq), listed))
+                state.notes, state.highest_modseq), listed,
+                identity=self.store.folder_identity(partition, user, folder)))
             self._read_messages(reader, f"{partition}/{user}/{folder}/")
             self._put(FolderDone())
         finally:

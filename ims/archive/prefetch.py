@@ -20,7 +20,8 @@ import time
 from typing import Any, Iterator
 
 from ims.archive import format as fmt
-from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged, decode_record
+from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
+                               decode_record)
 from ims.archive.records import ArchiveHeader, TrailerRecord
 from ims.errors import ArchiveDamaged, DeviceError
 from ims.helper import Channel, HelperProcess
@@ -51,7 +52,8 @@ class PrefetchReader:
     def _receive(self) -> Any:
         ok, item = self.channel.receive()
         if not ok:
-            raise Incomplete(f"{self.device_name}: the archive reader process ended unexpectedly")
+            raise ReaderDied(f"{self.device_name}: the archive reader process (pid {self.helper.pid})"
+                             " ended unexpectedly")
         return item
 
     def _raise(self, item: tuple) -> None:

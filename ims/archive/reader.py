@@ -38,6 +38,11 @@ class Incomplete(ArchiveDamaged):
     """The stream ends before a valid trailer."""
 
 
+class ReaderDied(Incomplete):
+    """The process reading the archive for us ended without an answer (killed, out of
+    memory): unlike a stream cut short, nothing says the data stopped there."""
+
+
 class MemberDamaged(ArchiveDamaged):
     """One member's data does not match its digest or size; reading can go on."""
 
@@ -423,12 +428,6 @@ class ArchiveReader:
             yield member
             data_size = 0 if member.is_link else member.size
             position = member.data_offset + data_size + len(fmt.padding(data_size))
-
-    def find_member(self, name: str, start: int, end: int) -> Member | None:
-        for member in self.members_between(start, end):
-            if member.name == name:
-                return member
-        return None
 
 
 def decode_header(body: dict[str, Any], device_name: str, blocking_factor: int) -> ArchiveHeader:

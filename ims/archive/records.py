@@ -20,7 +20,10 @@ from typing import Any, Mapping, NamedTuple
 
 from ims.errors import ArchiveDamaged
 
-UID_MAX = 2**32 - 1                 # IMAP UIDs and UIDVALIDITY are non-zero 32-bit numbers
+UIDVALIDITY_MAX = 2**32 - 1         # IMAP's UIDVALIDITY: a non-zero 32-bit number
+UID_MAX = 2**32 - 2                 # the highest UID Dovecot accepts ("UID too high" above)
+NEXT_UID_MAX = 2**32 - 1
+TIME_MAX = 2**40                    # epoch seconds: about the year 36800
 MODSEQ_MAX = 2**63 - 1              # RFC 7162: mod-sequences are 63-bit
 SYSTEM_FLAGS = frozenset("DFPRST")
 _GUID = re.compile(r"[0-9a-fA-F]{32}\Z")
@@ -43,8 +46,13 @@ def valid_partition(name: object) -> bool:
 
 
 def valid_user(user: object) -> bool:
-    return isinstance(user, str) and bool(user) and user not in (".", "..") and "/" not in user \
-        and not user.startswith(".") and not _has_control(user)
+    """A user ID: also each part of ``local@domain`` (each may be a directory level of a
+    hosted layout) is a name, never empty, ``.`` or ``..``."""
+    if not isinstance(user, str) or not user or "/" in user or user.startswith(".") \
+            or _has_control(user):
+        return False
+    local, at, domain = user.partition("@")
+    return not at or (local not in ("", ".", "..") and domain not in ("", ".", ".."))
 
 
 def valid_folder(folder: object) -> bool:
@@ -64,7 +72,9 @@ def valid_key(key: object) -> bool:
 
 
 def valid_keyword(name: object) -> bool:
-    return isinstance(name, str) and bool(name) and not _KEYWORD_BAD.search(name)
+    """An IMAP keyword: an atom, so ASCII without spaces, controls or atom-specials."""
+    return isinstance(name, str) and bool(name) and name.isascii() \
+        and not _KEYWORD_BAD.search(name)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -99,10 +109,11 @@ class _Check:
         return value
 
     def number(self, key: str, optional: bool = False) -> float | None:
+        """A time in epoch seconds (JSON's Infinity and NaN are not times)."""
         value = self.body.get(key)
         if value is None and optional:
             return None
-        if type(value) not in (int, float) or value != value or value < 0:
+        if type(value) not in (int, float) or not 0 <= value < TIME_MAX:
             raise self.fail(f"{key} {value!r} is not a time")
         return value
 
@@ -167,7 +178,7 @@ class ArchiveHeader:
     @classmethod
     def decode(cls, body: Mapping[str, Any], where: str) -> "ArchiveHeader":
         c = _Check(where, body)
-        created = c.integer("created", 0, 2**40)
+        created = c.integer("created", 0, TIME_MAX)
         archive_id = c.text("archive_id", optional=True)
         if archive_id is not None and not re.fullmatch(r"[0-9a-f]{32}", archive_id):
             raise c.fail(f"archive_id {archive_id!r} is not 32 hex digits")
@@ -217,8 +228,8 @@ class UserRecord:
         return cls(partition=c.name("partition", valid_partition, "partition"),
                    user=c.name("user", valid_user, "user"),
                    group=c.text("group", optional=True) or "",
-                   uid=c.integer("uid", 0, UID_MAX, optional=True) or 0,
-                   gid=c.integer("gid", 0, UID_MAX, optional=True) or 0,
+                   uid=c.integer("uid", 0, 2**32 - 1, optional=True) or 0,
+                   gid=c.integer("gid", 0, 2**32 - 1, optional=True) or 0,
                    # a subscription to a name we could not restore is dropped, not an error
                    subscriptions=tuple(s for s in subscriptions if valid_folder(s)),
                    folders=c.names("folders", valid_folder, "folder"),
@@ -253,6 +264,7 @@ class FolderRecord:
     keywords: tuple[str, ...]
     messages: tuple[ListedMessage, ...] | None     # None: unchanged since an earlier backup
     highest_modseq: int | None = None
+    identity: int | None = None          # follows the folder through a rename
 
     @property
     def unchanged(self) -> bool:
@@ -268,8 +280,10 @@ class FolderRecord:
         user = c.name("user", valid_user, "user")
         folder = c.name("folder", valid_folder, "folder")
         unchanged_since = c.number("unchanged_since", optional=True)
+        identity = c.integer("identity", 0, 2**64 - 1, optional=True)
         if unchanged_since is not None:
-            return cls(partition, user, folder, unchanged_since, None, None, None, (), None)
+            return cls(partition, user, folder, unchanged_since, None, None, None, (), None,
+                       identity=identity)
         guid = c.text("guid", optional=True)
         if guid is not None and not _GUID.match(guid):
             raise c.fail(f"guid {guid!r} is not 32 hex digits")
@@ -305,35 +319,37 @@ class FolderRecord:
             messages.append(ListedMessage(key, uid, flags, tuple(keywords)))
         keywords_list = body.get("keywords") or []
         return cls(partition, user, folder, None,
-                   uidvalidity=c.integer("uidvalidity", 1, UID_MAX, optional=True),
-                   next_uid=c.integer("next_uid", 1, UID_MAX + 1, optional=True),
+                   uidvalidity=c.integer("uidvalidity", 1, UIDVALIDITY_MAX, optional=True),
+                   next_uid=c.integer("next_uid", 1, NEXT_UID_MAX, optional=True),
                    guid=guid, keywords=c.keywords(keywords_list),
                    messages=tuple(messages),
-                   highest_modseq=c.integer("highest_modseq", 0, MODSEQ_MAX, optional=True))
+                   highest_modseq=c.integer("highest_modseq", 0, MODSEQ_MAX, optional=True),
+                   identity=identity)
 
     def encode(self) -> dict[str, Any]:
         return self.encode_listed(
             self.partition, self.user, self.folder, self.unchanged_since, self.uidvalidity,
             self.next_uid, self.guid, list(self.keywords), self.highest_modseq,
             None if self.messages is None else
-            [[m.key, m.uid, m.flags, list(m.keywords)] for m in self.messages])
+            [[m.key, m.uid, m.flags, list(m.keywords)] for m in self.messages], self.identity)
 
     @staticmethod
     def encode_listed(partition: str, user: str, folder: str, unchanged_since: float | None,
                       uidvalidity: int | None, next_uid: int | None, guid: str | None,
                       keywords: list[str], highest_modseq: int | None,
-                      messages: list[list[Any]] | None) -> dict[str, Any]:
+                      messages: list[list[Any]] | None,
+                      identity: int | None = None) -> dict[str, Any]:
         """The JSON of a folder state from a listing already in wire form
         (``[key, uid, flags, [keywords]]``): the backup's hot path builds no objects."""
         if messages is None:
             return {"partition": partition, "user": user, "folder": folder,
                     "unchanged_since": unchanged_since, "uidvalidity": None,
                     "next_uid": None, "guid": None, "keywords": None,
-                    "highest_modseq": None, "messages": None}
+                    "highest_modseq": None, "messages": None, "identity": identity}
         return {"partition": partition, "user": user, "folder": folder,
                 "unchanged_since": None, "uidvalidity": uidvalidity, "next_uid": next_uid,
                 "guid": guid, "keywords": keywords, "highest_modseq": highest_modseq,
-                "messages": messages}
+                "messages": messages, "identity": identity}
 
 
 # -- message -------------------------------------------------------------------------------
@@ -379,7 +395,7 @@ class MessageRecord(NamedTuple):
                 raise ValueError(f"IMS.keywords {words!r}")
             date_text = pax.get("IMS.internaldate")
             internaldate = mtime if date_text is None else int(date_text)
-            if not -2**40 < internaldate < 2**40:
+            if not -TIME_MAX < internaldate < TIME_MAX:
                 raise ValueError(f"IMS.internaldate {date_text!r}")
             links = int(pax.get("IMS.links") or 1)
             if links < 1:

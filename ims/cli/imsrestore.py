@@ -174,7 +174,8 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
 
     if len(devices) > 1:
         readers = [reader] + [ArchiveReader(open_input(d)[0], d, blocking) for d in devices[1:]]
-        report, header = session.restore_chain(writer, readers, options, decide, allow_gaps, emit)
+        report, header = session.restore_chain(writer, readers, options, decide, allow_gaps, emit,
+                                               list(names))
         source_name = " ".join(devices)
     elif refs_in:
         if not reader.seekable:
@@ -187,13 +188,20 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
             # a stream: parse and check it in a second process while this one writes files
             reader = PrefetchReader(fd, device_name, blocking)
         try:
-            report, header = session.restore_archive(writer, reader, options, decide, emit)
+            report, header = session.restore_archive(writer, reader, options, decide, emit,
+                                                     list(names))
         finally:
             if isinstance(reader, PrefetchReader):
                 reader.close()
         source_name = device_name
-    if names and not refs_in and not report.matched and report.complete and not report.damaged:
-        raise UsageError(f"{' '.join(names)}: not in the archive {source_name}")
+    unmatched = [names[i] for i in report.unmatched] if names and not refs_in else []
+    if unmatched and report.complete and not report.damaged:
+        nothing_done = list_only or not (report.messages or report.already_there
+                                         or report.folders_whole or report.folders_merged)
+        if nothing_done:
+            raise UsageError(f"{' '.join(unmatched)}: not in the archive {source_name}")
+        # from a pipe a NAME can only be found missing at the end, after the others landed
+        report.skipped.extend(f"{name}: not in the archive {source_name}" for name in unmatched)
 
     refs_path = None
     if report.unresolved:

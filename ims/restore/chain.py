@@ -31,6 +31,7 @@ whose bytes are in no archive of the chain is reported as skipped (exit 1).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -42,7 +43,7 @@ from ims.archive.reader import ArchiveReader, MemberDamaged
 from ims.archive.records import ArchiveHeader, FolderRecord, MessageRecord, UserRecord
 from ims.errors import UsageError
 from ims.restore.engine import Engine
-from ims.restore.selection import Pattern, folder_selected, user_selected
+from ims.restore.selection import Pattern, user_selected
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,13 @@ def order_chain(archives: list[tuple[str, ArchiveHeader]], allow_gaps: bool) -> 
         notes.append("the archives were not given oldest first; restored in the order "
                      + ", ".join(f"{archives[i][0]} ({_when(archives[i][1].created)})"
                                  for i in order))
+    # a full backup supersedes everything before it: the chain starts at the last one
+    fulls = [position for position, i in enumerate(order) if archives[i][1].since is None]
+    if fulls and fulls[-1] > 0:
+        head = fulls[-1]
+        notes.append("not needed, as the full backup " + archives[order[head]][0]
+                     + " comes after them: " + ", ".join(archives[i][0] for i in order[:head]))
+        order = order[head:]
     ids = [h.archive_id for _, h in archives if h.archive_id]
     if len(ids) != len(set(ids)):
         raise UsageError("the same archive is given twice: "
@@ -106,6 +114,7 @@ class MergedChain:
     by_user: dict[tuple[str, str, str], Bytes] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     earlier_users: dict[tuple[str, str], UserRecord] = field(default_factory=dict)
+    by_identity: dict[tuple[str, str, int | None], FolderRecord] = field(default_factory=dict)
 
 
 def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> MergedChain:
@@ -142,12 +151,20 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                 state: FolderRecord = member.record
                 if user is None or (state.partition, state.user) != (user.partition, user.user):
                     continue
-                if not folder_selected(patterns, user.partition, user.group, user.user,
-                                       state.folder):
-                    continue
+                # every folder of a selected user (the engine selects folders): a folder
+                # renamed between backups is found under its old name
                 folder_key = (state.partition, state.user, state.folder)
-                if not state.unchanged or folder_key not in chain.states:
+                identity_key = (state.partition, state.user, state.identity)
+                if state.unchanged and folder_key not in chain.states \
+                        and state.identity is not None and identity_key in chain.by_identity:
+                    # renamed since its last listing: cur/ and new/ did not change, so the
+                    # backup saw nothing; the folder is the one with the same identity
+                    earlier = chain.by_identity[identity_key]
+                    chain.states[folder_key] = dataclasses.replace(earlier, folder=state.folder)
+                elif not state.unchanged or folder_key not in chain.states:
                     chain.states[folder_key] = state
+                if not state.unchanged and state.identity is not None:
+                    chain.by_identity[identity_key] = state
             elif kind == fmt.MESSAGE:
                 record: MessageRecord = member.record
                 if member.is_link:
@@ -170,12 +187,24 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
     def feed(engine: Engine) -> None:
         for problem in chain.invalid:
             engine.report.damaged.append(problem)
-        for key in set(chain.earlier_users) - {(u.partition, u.user) for u in chain.users}:
+        for key in sorted(set(chain.earlier_users) - {(u.partition, u.user) for u in chain.users}):
             gone = chain.earlier_users[key]
             engine.report.matched = True
+            engine.mark_hits(gone.partition, gone.group, gone.user, None)
             engine.report.notes.append(
                 f"{gone.logical}: not in the last backup of the chain (deleted before it):"
                 " not restored; restore it from an earlier archive alone to bring it back")
+        for user in chain.users:
+            for partition, name, folder in sorted(chain.states):
+                if (partition, name) != (user.partition, user.user) or folder in user.folders:
+                    continue
+                if any(p.folder is not None and p.user_matches(partition, user.group, name)
+                       and p.folder_matches(folder) for p in engine.options.patterns):
+                    engine.mark_hits(partition, user.group, name, folder)
+                    engine.report.notes.append(
+                        f"{user.logical}/{folder}: not in the last backup of the chain (deleted"
+                        " before it): not restored; restore it from an earlier archive alone to"
+                        " bring it back")
         emitted: dict[Bytes, str] = {}            # shared bytes -> the first name fed
         for user in chain.users:
             engine.begin_user(user)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ims.archive import format as fmt
-from ims.archive.reader import ArchiveReader, Incomplete, Member, MemberDamaged, decode_record
+from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
+                               decode_record)
 from ims.archive.records import FolderRecord, MessageRecord, TrailerRecord, UserRecord
 from ims.errors import ArchiveDamaged, ExitCode, StoreLocked, most_serious
 from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, plan_folder,
@@ -68,6 +69,7 @@ class RestoreReport:
     notes: list[str] = field(default_factory=list)     # said in the summary, no error
     listing: list[str] = field(default_factory=list)
     matched: bool = False
+    unmatched: list[int] = field(default_factory=list)  # NAMEs (by index) that matched nothing
     complete: bool = False      # the archive was read to its verified trailer
     stopped: bool = False       # the run ended early on purpose (-c n, a lock timeout)
     seconds: float = 0.0
@@ -108,6 +110,8 @@ class _User:
     record: UserRecord
     partition: str            # where it goes in the store
     user: str
+    whole: bool               # selected as a whole (not only some folders)
+    restored: set[str] = field(default_factory=set)   # folders restored in this run
 
 
 @dataclass
@@ -116,7 +120,7 @@ class _Folder:
     target: tuple[str, str, str]          # (partition, user, folder) in the store
     plan: FolderPlan
     writer: FolderWriter | None
-    listed: frozenset[str]
+    listed: dict[str, int | None]         # key -> UID, as the folder state lists them
     seen: set[str] = field(default_factory=set)
     dead: bool = False                    # discarded: its remaining messages are ignored
 
@@ -134,6 +138,7 @@ class Engine:
         self.emit = emit
         self.report = RestoreReport()
         self.restored: dict[str, Any] = {}    # member name -> RestoredFile (shared inodes only)
+        self.hits = [False] * len(options.patterns)   # which NAMEs matched something
         self._user: _User | None = None
         self._folder: _Folder | None = None
         self._listing: str | None = None      # -t: the logical name of the folder listed
@@ -151,6 +156,13 @@ class Engine:
         if self.emit:
             self.emit(line)
 
+    def mark_hits(self, partition: str, group: str, user: str, folder: str | None) -> None:
+        """Record which patterns select this user (``folder`` None) or this folder."""
+        for i, p in enumerate(self.options.patterns):
+            if p.user_matches(partition, group, user) and (
+                    p.folder is None if folder is None else p.folder_matches(folder)):
+                self.hits[i] = True
+
     # -- users -----------------------------------------------------------------------------
 
     def begin_user(self, record: UserRecord | None, invalid: str | None = None) -> None:
@@ -161,13 +173,16 @@ class Engine:
         if not user_selected(self.options.patterns, record.partition, record.group, record.user):
             return
         self.report.matched = True
+        self.mark_hits(record.partition, record.group, record.user, None)
         partition = self.options.partition or record.partition
         if not self.store.has_partition(partition):
             self._error(self.report.skipped, f"{record.logical}: partition {partition!r} is not"
                         " configured here; use --partition")
             return
         user = map_user(record.user, self.options.user_map)
-        self._user = _User(record, partition, user)
+        whole = any(p.folder is None and p.user_matches(record.partition, record.group, record.user)
+                    for p in self.options.patterns)
+        self._user = _User(record, partition, user, whole)
         if self.options.list_only:
             self._list(f"user {record.logical} ({len(record.folders)} folders)")
             return
@@ -181,10 +196,15 @@ class Engine:
         """Subscriptions go in once the user's folders are restored (the user exists)."""
         self.end_folder()
         user, self._user = self._user, None
-        if user is None or self.options.list_only or not user.record.subscriptions:
+        if user is None or self.options.list_only:
+            return
+        # a user restored as a whole gets back every subscription it had; a partial restore
+        # only those of the folders it restored (the user may have unsubscribed from others)
+        names = [n for n in user.record.subscriptions if user.whole or n in user.restored]
+        if not names:
             return
         try:
-            self.store.add_subscriptions(user.partition, user.user, list(user.record.subscriptions))
+            self.store.add_subscriptions(user.partition, user.user, names)
         except StoreLocked as exc:
             self.report.locked.append(f"{user.record.logical}: subscriptions: {exc}")
         except OSError as exc:
@@ -209,11 +229,16 @@ class Engine:
         if not folder_selected(self.options.patterns, u.partition, u.group, u.user, record.folder):
             return
         logical = f"{u.logical}/{record.folder}"
+        self.mark_hits(u.partition, u.group, u.user, record.folder)
         if self.options.list_only:
             self._listing = logical
             if record.messages is not None:
                 self._list(f"folder {logical} uidvalidity={record.uidvalidity}"
                            f" next_uid={record.next_uid} messages={len(record.messages)}")
+            else:
+                self._list(f"folder {logical} unchanged since"
+                           f" {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.unchanged_since or 0))}"
+                           " (its state is in an earlier backup)")
             return
         try:
             live = self.store.live_folder(user.partition, user.user, record.folder)
@@ -231,7 +256,7 @@ class Engine:
         folder = record.folder
         if plan.into_sibling:
             folder = self.store.free_sibling(user.partition, user.user, folder, self.sibling_suffix)
-        listed = frozenset(m.key for m in record.messages or ())
+        listed = {m.key: m.uid for m in record.messages or ()}
         try:
             if plan.action is Action.WHOLE:
                 assert plan.whole is not None
@@ -243,6 +268,8 @@ class Engine:
             self._error(self.report.skipped, f"{logical}: {_reason(exc)}")
             return
         self._folder = _Folder(logical, (user.partition, user.user, folder), plan, writer, listed)
+        if not plan.into_sibling:
+            user.restored.add(record.folder)
 
     def end_folder(self) -> None:
         folder, self._folder = self._folder, None
@@ -301,6 +328,11 @@ class Engine:
                 self._error(self.report.damaged, f"{why}: message not restored")
             return
         folder.seen.add(record.key)
+        listed_uid = folder.listed[record.key]
+        if record.uid != listed_uid and folder.plan.action is Action.WHOLE:
+            # the folder state's UIDs were checked as a whole (unique, in range): they are the
+            # ones a folder restored whole gets, whatever a member says
+            record = record._replace(uid=listed_uid)
         source = plan_message_source(name, is_link, linkname, self.restored, self.fetch is not None)
         try:
             self._place(folder, record, name, linkname, source, data)
@@ -378,6 +410,11 @@ class Engine:
             feed(self)
             self.end_user()
             self.report.complete = True
+        except ReaderDied as exc:
+            # not the end of the data: the folder in progress is not known to be complete
+            self.report.damaged.append(f"{exc}; the folder in progress was not restored")
+            log.error("%s", exc)
+            self.abort()
         except (Incomplete, ArchiveDamaged) as exc:
             self.report.damaged.append(str(exc))
             log.error("%s", exc)
@@ -388,6 +425,7 @@ class Engine:
         except BaseException:
             self.abort()
             raise
+        self.report.unmatched = [i for i, hit in enumerate(self.hits) if not hit]
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -418,6 +456,9 @@ def feed_indexed(reader: ArchiveReader, trailer: TrailerRecord) -> Callable[[Eng
     """Only the selected users' members of a seekable archive, by the trailer's offsets
     (each message still checked against its digest)."""
     def feed(engine: Engine) -> None:
+        extents: dict[tuple[str, str], list] = {}
+        for extent in trailer.folders:
+            extents.setdefault((extent.partition, extent.user), []).append(extent)
         for entry in trailer.users:
             if not user_selected(engine.options.patterns, entry.partition, entry.group, entry.user):
                 continue
@@ -428,9 +469,7 @@ def feed_indexed(reader: ArchiveReader, trailer: TrailerRecord) -> Callable[[Eng
             reader.json_at(member)
             decode_record(member)
             engine.member(member, reader.data_at)
-            for extent in trailer.folders:
-                if (extent.partition, extent.user) != (entry.partition, entry.user):
-                    continue
+            for extent in extents.get((entry.partition, entry.user), ()):
                 for member in reader.members_between(extent.offset, extent.end):
                     engine.member(member, reader.data_at)
             engine.end_user()
@@ -438,16 +477,24 @@ def feed_indexed(reader: ArchiveReader, trailer: TrailerRecord) -> Callable[[Eng
 
 
 def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:
-    """A message's bytes found by member name in a seekable archive (the trailer's index)."""
+    """A message's bytes found by member name in a seekable archive (the trailer's index);
+    each folder is scanned once, its data members remembered by name."""
+    extents = {(e.partition, e.user, e.folder): e for e in trailer.folders}
+    scanned: dict[tuple[str, str, str], dict[str, Member]] = {}
+
     def fetch(name: str) -> bytes | None:
         parts = name.split("/")
         if len(parts) < 4:
             return None
-        extent = trailer.folder(parts[0], parts[1], "/".join(parts[2:-1]))
-        if extent is None:
-            return None
-        member = reader.find_member(name, extent.offset, extent.end)
-        if member is None or member.is_link:
-            return None
-        return reader.data_at(member)
+        key = (parts[0], parts[1], "/".join(parts[2:-1]))
+        if key not in scanned:
+            extent = extents.get(key)
+            if extent is None:
+                return None
+            if len(scanned) > 64:           # links point mostly to recent folders
+                scanned.clear()
+            scanned[key] = {m.name: m for m in reader.members_between(extent.offset, extent.end)
+                            if m.kind == fmt.MESSAGE and not m.is_link}
+        member = scanned[key].get(name)
+        return None if member is None else reader.data_at(member)
     return fetch

@@ -26,6 +26,7 @@ restored at all and is named.
 from __future__ import annotations
 
 import enum
+import errno
 import time
 from dataclasses import dataclass
 from typing import Container, Sequence
@@ -54,9 +55,10 @@ class FolderPlan:
 def restored_next_uid(state: FolderRecord, margin: int) -> int:
     """The next UID of a folder restored whole: above the recorded next UID, the highest
     archived UID and whatever the folder may have handed out since the backup (``margin``),
-    capped where IMAP's 32-bit UIDs end."""
+    capped where Dovecot's UIDs end (it can hand out a UID only while the next one is at
+    most ``UID_MAX``)."""
     base = max(state.next_uid or 1, state.highest_uid() + 1)
-    return min(base + margin, UID_MAX)
+    return max(base, min(base + margin, UID_MAX))
 
 
 def restored_modseq(recorded: int | None, now: float) -> int:
@@ -70,8 +72,12 @@ def plan_folder(state: FolderRecord, live: LiveFolder, *, has_full: bool, new_si
                 uid_margin: int = DEFAULT_UID_MARGIN, now: float | None = None) -> FolderPlan:
     if state.messages is None:
         return FolderPlan(Action.SKIP, note=(
-            "unchanged since an earlier backup that is not part of this restore; restore"
-            " it from the full backup and the incrementals before this one"))
+            "unchanged since an earlier backup, and no archive of this restore holds its"
+            " state; restore it with the full backup and the incrementals before this one"
+            if not has_full else
+            "unchanged since an earlier backup, but no archive of the chain holds its state"
+            " (moved or renamed in a way the backup could not follow); restore it from the"
+            " full backup alone"))
     occupied = live.exists and not live.pristine
     if occupied and not new_sibling:
         return FolderPlan(Action.MERGE)
@@ -110,6 +116,11 @@ def plan_message_source(name: str, is_link: bool, linkname: str, restored: Conta
     return Source.FETCH if seekable else Source.UNRESOLVED
 
 
+class UidsExhausted(OSError):
+    """A live folder has no UIDs left for the messages to add: Dovecot cannot go past
+    ``UID_MAX`` (restore into a new folder with ``-n`` instead)."""
+
+
 class Placement(enum.Enum):
     NEW = "new"                   # the staged file goes in with the next UID
     ALREADY_THERE = "already"     # the folder has it: the staged file is dropped
@@ -144,6 +155,10 @@ def plan_merge(keys: Sequence[str], listed: Container[str], on_disk: Container[s
             steps.append(MergeStep(Placement.COPY, next_uid))
         else:
             steps.append(MergeStep(Placement.NEW, next_uid))
+        if next_uid > UID_MAX:
+            raise UidsExhausted(errno.EOVERFLOW, f"the folder has no UIDs left (its next UID"
+                                f" would be {next_uid}, Dovecot's last is {UID_MAX});"
+                                " restore with -n into a new folder")
         placed.add(key)
         next_uid += 1
     return steps, next_uid

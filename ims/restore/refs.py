@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ims.archive.records import (FolderRecord, MessageRecord, RecordError, UserRecord,
-                                 valid_partition)
+from ims.archive.records import (TIME_MAX, FolderRecord, MessageRecord, RecordError,
+                                 UserRecord, valid_partition)
 from ims.errors import UsageError
 from ims.restore.engine import Engine
 
@@ -69,8 +69,9 @@ def feed_refs(entries: list[dict[str, Any]]):
         for (partition, user, folder), group in groups.items():
             where = f"references file, /{partition}/{user}/{folder}"
             try:
+                # the group the backup saw is not in a references file: "user" (everyone)
                 user_record = UserRecord.decode({"partition": partition, "user": user,
-                                                 "folders": [folder]}, where)
+                                                 "group": "user", "folders": [folder]}, where)
                 state = FolderRecord.decode({
                     "partition": partition, "user": user, "folder": folder,
                     "uidvalidity": None, "next_uid": None, "guid": None, "keywords": [],
@@ -93,6 +94,6 @@ def feed_refs(entries: list[dict[str, Any]]):
 
 
 def _date(value: Any, where: str) -> int:
-    if type(value) is not int:
-        raise RecordError(f"{where}: internaldate {value!r} is not a number")
+    if type(value) is not int or not -TIME_MAX < value < TIME_MAX:
+        raise RecordError(f"{where}: internaldate {value!r} is not a time")
     return value

@@ -58,14 +58,31 @@ def check_partition(store: MaildirStore, partition: str | None) -> None:
 Emit = Callable[[str], None] | None
 
 
+def check_names(names: list[str], patterns, users: list[tuple[str, str, str]],
+                folders: list[tuple[str, str, str, str]], where: str) -> None:
+    """Every NAME must select something (users as (partition, group, user), folders as
+    (partition, group, user, folder)): checked before anything is restored."""
+    missing = [name for name, p in zip(names, patterns)
+               if not any(p.user_matches(*u) for u in users if p.folder is None)
+               and not any(p.user_matches(*f[:3]) and p.folder_matches(f[3]) for f in folders)]
+    if missing:
+        raise UsageError(f"{' '.join(missing)}: not in the archive {where}")
+
+
 def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReader,
-                    options: RestoreOptions, decide: Decide,
-                    emit: Emit = None) -> tuple[RestoreReport, ArchiveHeader]:
+                    options: RestoreOptions, decide: Decide, emit: Emit = None,
+                    names: list[str] | None = None) -> tuple[RestoreReport, ArchiveHeader]:
     """One archive, from a file (read by the trailer's index when only some users are
     selected) or a stream (in order)."""
     header = reader.read_header()
     order = chains.order_chain([(reader.device_name, header)], allow_gaps=True)
     trailer = reader.locate_trailer() if isinstance(reader, ArchiveReader) else None
+    if names and trailer is not None:
+        groups = {(u.partition, u.user): u.group for u in trailer.users}
+        check_names(names, options.patterns,
+                    [(u.partition, u.group, u.user) for u in trailer.users],
+                    [(f.partition, groups.get((f.partition, f.user), ""), f.user, f.folder)
+                     for f in trailer.folders], reader.device_name)
     fetch = fetch_by_name(reader, trailer) if trailer is not None else None
     if trailer is not None and selects_users_only(options.patterns) and not options.list_only:
         feed = feed_indexed(reader, trailer)
@@ -78,13 +95,20 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
 
 
 def restore_chain(writer: MaildirWriter, readers: list[ArchiveReader], options: RestoreOptions,
-                  decide: Decide, allow_gaps: bool,
-                  emit: Emit = None) -> tuple[RestoreReport, ArchiveHeader]:
+                  decide: Decide, allow_gaps: bool, emit: Emit = None,
+                  names: list[str] | None = None) -> tuple[RestoreReport, ArchiveHeader]:
     """A full backup and its incrementals, checked and merged (``ims.restore.chain``)."""
     headers = chains.check_headers(readers)
     order = chains.order_chain(headers, allow_gaps)
     ordered = [readers[i] for i in order.order]
     merged = chains.merge(ordered, options.patterns)
+    if names:
+        users = [(u.partition, u.group, u.user) for u in merged.users]
+        users += [(u.partition, u.group, u.user) for u in merged.earlier_users.values()]
+        groups = {(u[0], u[2]): u[1] for u in users}
+        check_names(names, options.patterns, users,
+                    [(p, groups.get((p, u), ""), u, f) for p, u, f in merged.states],
+                    " ".join(r.device_name for r in ordered))
     last = headers[order.order[-1]][1]
     engine = Engine(writer, options, decide, has_full=order.has_full,
                     backup_created=last.created, fetch=chains.fetch_from_chain(merged), emit=emit)

@@ -79,6 +79,11 @@ class StoreReader(Protocol):
 
     def open_folder(self, partition: str, user: str, folder: str) -> FolderReader: ...
 
+    def folder_identity(self, partition: str, user: str, folder: str) -> int | None:
+        """A number that stays the same when the folder is renamed and is not shared with
+        another folder of the user that exists at the same time (Maildir: the inode of
+        ``cur/``), so that a chain restore can follow a rename; None when unknown."""
+
     def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
         """False only when no message can have been stored, copied, renamed or expunged in
         the folder since that time (so its state is the one a backup at that time saw)."""

@@ -12,7 +12,9 @@ after about two minutes.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import socket
 import time
 from pathlib import Path
@@ -55,16 +57,28 @@ class FolderLock:
                 os.close(fd)
             return
 
+    def _read_holder(self) -> tuple[os.stat_result, str]:
+        """The lock file's status and content: a regular file only, never through a link,
+        never blocking (a FIFO planted there), at most 256 bytes."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+            return st, os.read(fd, 256).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
+
     def _holder(self) -> str:
         try:
-            return self.path.read_text().strip() or "an unknown process"
+            return self._read_holder()[1] or "an unknown process"
         except OSError:
-            return "an unknown process"
+            return "an unknown process (the lock is not a regular file)"
 
     def _remove_if_stale(self) -> bool:
         try:
-            st = os.lstat(self.path)
-            pid, _, host = self.path.read_text().strip().partition(":")
+            st, content = self._read_holder()
+            pid, _, host = content.partition(":")
         except FileNotFoundError:
             return True
         except OSError:

@@ -64,6 +64,12 @@ class Layout:
         if not self.hosted and "%n" in self.parts and domain:
             raise LayoutError(f"layout {self.pattern} has no %d for user {user!r}")
         values = {"%u": user, "%n": local, "%d": domain}
+        for part in self.parts:
+            value = values.get(part)
+            # each component is one directory level below the partition, never a way out
+            if value is not None and (value in ("", ".", "..") or "/" in value or "\0" in value):
+                raise LayoutError(f"user {user!r}: {part} would be {value!r}, which is not a"
+                                  f" directory name (layout {self.pattern})")
         return partition_dir.joinpath(*(values.get(p, p) for p in self.parts))
 
     def users(self, partition_dir: Path) -> Iterator[str]:
@@ -112,8 +118,8 @@ def dirname_to_folder(dirname: str) -> str:
 def parse_keywords_file(data: str) -> list[str]:
     """``dovecot-keywords``: ``<n> <name>`` lines; index n is the letter chr(97+n)."""
     slots: dict[int, str] = {}
-    for line in data.splitlines():
-        number, _, name = line.partition(" ")
+    for line in data.split("\n"):         # Dovecot splits at LF only, not at U+2028 & co
+        number, _, name = line.rstrip("\r").partition(" ")
         if number.isdigit() and name and int(number) < 26:
             slots[int(number)] = name
     if not slots:
@@ -351,6 +357,13 @@ class MaildirStore:
 
     def open_folder(self, partition: str, user: str, folder: str) -> MaildirFolderReader:
         return MaildirFolderReader(self.folder_dir(partition, user, folder), folder)
+
+    def folder_identity(self, partition: str, user: str, folder: str) -> int | None:
+        # a rename over IMAP renames the folder's directory; cur/ inside keeps its inode
+        try:
+            return os.stat(self.folder_dir(partition, user, folder) / "cur").st_ino
+        except OSError:
+            return None
 
     def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
         # Delivery, COPY, a flag change (rename), new/ -> cur/ and expunge all change cur/ or

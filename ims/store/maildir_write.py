@@ -200,8 +200,8 @@ class NewFolder:
         self.batch_size = batch_size
         self.keywords: list[str] = list(whole.keywords)
         self.letters = keyword_letters(self.keywords)
-        # message, "cur/<name>" in the aside dir, its Placed, bytes written (0: a link)
-        self.placed: list[tuple[MessageRecord, str, Placed, int]] = []
+        # message, "cur/<name>" in the aside dir, its Placed, bytes written, a hard link?
+        self.placed: list[tuple[MessageRecord, str, Placed, int, bool]] = []
         self.landed = Landed()
         self._committed = False
         clean_stale(aside.parent)
@@ -220,23 +220,23 @@ class NewFolder:
     def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
         write_file(self._dir_fds[sub], name, data, message.internaldate, self.owner, self.sync)
-        return self._placed(message, f"{sub}/{name}", len(data))
+        return self._placed(message, f"{sub}/{name}", len(data), False)
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
         os.link(source.path(), name, dst_dir_fd=self._dir_fds[sub], follow_symlinks=False)
-        return self._placed(message, f"{sub}/{name}", 0)
+        return self._placed(message, f"{sub}/{name}", 0, True)
 
-    def _placed(self, message: MessageRecord, relative: str, size: int) -> Placed:
+    def _placed(self, message: MessageRecord, relative: str, size: int, is_link: bool) -> Placed:
         placed = Placed(self, relative)
-        self.placed.append((message, relative, placed, size))
+        self.placed.append((message, relative, placed, size, is_link))
         return placed
 
     def current_path(self, handle: str | Path) -> Path:
         return self.aside / handle
 
     def _uidlist_text(self) -> str:
-        with_uid = sorted((m.uid, m.key) for m, _, _, _ in self.placed if m.uid is not None)
+        with_uid = sorted((m.uid, m.key) for m, _, _, _, _ in self.placed if m.uid is not None)
         header = f"3 V{self.whole.uidvalidity} N{self.whole.next_uid}"
         if self.whole.guid:
             header += f" G{self.whole.guid}"
@@ -251,9 +251,9 @@ class NewFolder:
         self._dir_fds = {}
 
     def _count_all(self) -> None:
-        for _, _, _, size in self.placed:
+        for _, _, _, size, is_link in self.placed:
             self.landed.messages += 1
-            self.landed.links += size == 0
+            self.landed.links += is_link
             self.landed.bytes += size
         self.landed.whole = True
         self.placed = []    # committed: a Placed that outlives this needs only ``aside``
@@ -288,8 +288,17 @@ class NewFolder:
         lock.acquire()
         try:
             if is_pristine(self.target):
-                for _, relative, _, _ in self.placed:
-                    os.rename(self.aside / relative, self.target / relative)
+                moved: list[str] = []
+                try:
+                    for _, relative, _, _, _ in self.placed:
+                        os.rename(self.aside / relative, self.target / relative)
+                        moved.append(relative)
+                except BaseException:
+                    # interrupted: back where they came from, so the INBOX stays pristine and
+                    # the next run restores it whole
+                    for relative in moved:
+                        os.rename(self.target / relative, self.aside / relative)
+                    raise
                 if self.keywords:
                     replace_file(self.target, "dovecot-keywords", self._keywords_text(), self.owner)
                 remove_index_files(self.target)
@@ -327,9 +336,10 @@ class NewFolder:
         """Dovecot created the folder and delivered to it meanwhile: the built messages are
         given to rule 2 (new UIDs); every ``Placed`` follows its file."""
         other = ExistingFolder(self.target, self.owner, self.lock_timeout, True, self.sync,
-                               self.batch_size)
-        for message, relative, placed, size in self.placed:
-            placed.folder, placed.handle = other, other.adopt(message, self.aside / relative, size)
+                               self.batch_size, self.is_inbox)
+        for message, relative, placed, size, is_link in self.placed:
+            placed.folder, placed.handle = other, other.adopt(message, self.aside / relative,
+                                                              size, is_link)
         self.placed = []
         shutil.rmtree(self.aside, ignore_errors=True)
         return other
@@ -345,18 +355,19 @@ class ExistingFolder:
     """Rule 2: add messages to a live folder under its lock, with fresh UIDs."""
 
     def __init__(self, path: Path, owner: Owner, lock_timeout: float, check_existing: bool = True,
-                 sync: bool = False, batch_size: int = 500) -> None:
+                 sync: bool = False, batch_size: int = 500, is_inbox: bool = True) -> None:
         self.path = path
         self.owner = owner
         self.lock_timeout = lock_timeout
         self.check_existing = check_existing
         self.sync = sync
         self.batch_size = batch_size
-        self.staged: list[tuple[MessageRecord, Path, int]] = []   # message, tmp/ file, bytes
+        # message, its file in tmp/, bytes written, a hard link?
+        self.staged: list[tuple[MessageRecord, Path, int, bool]] = []
         self.landed = Landed(merged=True)
         self.moved: dict[Path, Path] = {}     # staged path -> where the message is now
         self._counter = 0
-        make_maildir(path, owner, marker=False)
+        make_maildir(path, owner, marker=not is_inbox)
         clean_stale(path / "tmp")
         self._tmp = str(path / "tmp")
 
@@ -370,25 +381,25 @@ class ExistingFolder:
     def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
         path = Path(write_file(self._tmp, self._stage_name(), data, message.internaldate,
                                self.owner, self.sync))
-        return Placed(self, self._stage(message, path, len(data)))
+        return Placed(self, self._stage(message, path, len(data), False))
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         path = self.path / "tmp" / self._stage_name()
         os.link(source.path(), path, follow_symlinks=False)
-        return Placed(self, self._stage(message, path, 0))
+        return Placed(self, self._stage(message, path, 0, True))
 
-    def _stage(self, message: MessageRecord, path: Path, size: int) -> Path:
+    def _stage(self, message: MessageRecord, path: Path, size: int, is_link: bool) -> Path:
         """Queue a file written to tmp/; a full batch goes in under the lock at once."""
-        self.staged.append((message, path, size))
+        self.staged.append((message, path, size, is_link))
         if len(self.staged) >= self.batch_size:
             self._commit_batch()
         return path
 
-    def adopt(self, message: MessageRecord, staged: Path, size: int) -> Path:
+    def adopt(self, message: MessageRecord, staged: Path, size: int, is_link: bool) -> Path:
         """Take a file staged elsewhere on the same file system (a NewFolder that lost)."""
         path = self.path / "tmp" / self._stage_name()
         os.rename(staged, path)
-        self.staged.append((message, path, size))
+        self.staged.append((message, path, size, is_link))
         return path
 
     def commit(self) -> Landed:
@@ -399,11 +410,7 @@ class ExistingFolder:
         """Remove what is staged and not committed; committed batches stay (each message in
         them is complete, with its UID)."""
         staged, self.staged = self.staged, []
-        for _, path, _ in staged:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _unlink_staged(staged)
 
     def _commit_batch(self) -> None:
         """Move the staged messages in, under the lock, each with the next UID.  When the
@@ -419,10 +426,13 @@ class ExistingFolder:
         batch, self.staged = self.staged, []
         try:
             self._commit_locked(batch)
+        except BaseException:
+            _unlink_staged(batch)           # what was not moved in goes (a rerun restores it)
+            raise
         finally:
             lock.release()
 
-    def _commit_locked(self, batch: list[tuple[MessageRecord, Path, int]]) -> None:
+    def _commit_locked(self, batch: list[tuple[MessageRecord, Path, int, bool]]) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             current = uidlist.read(fd)
@@ -437,13 +447,13 @@ class ExistingFolder:
             for name in os.listdir(self.path / sub):
                 on_disk.setdefault(name.partition(":")[0], f"{sub}/{name}")
         steps, next_uid = plan_merge(
-            [message.key for message, _, _ in batch], known, on_disk,
+            [message.key for message, _, _, _ in batch], known, on_disk,
             merge_next_uid(current.effective_next_uid if current else 1, index_next),
             self.check_existing)
         lines: list[str] = []
         stale: set[str] = set()
         added_keywords = False
-        for (message, staged, size), step in zip(batch, steps):
+        for (message, staged, size, is_link), step in zip(batch, steps):
             if step.placement is Placement.ALREADY_THERE:
                 os.unlink(staged)           # it keeps its live flags
                 self.landed.already_there += 1
@@ -452,8 +462,12 @@ class ExistingFolder:
             if step.drop_stale_line:
                 stale.add(message.key)
             if step.placement is Placement.ADOPT:
+                # its file is there (a delivery still in new/, or a killed run's): it only
+                # gets its UID, nothing of ours lands
                 os.unlink(staged)
                 final = self.path / on_disk[message.key]
+                self.landed.already_there += 1
+                size, is_link = -1, False
             else:
                 for name in message.keywords:
                     if name not in letters and len(keywords) < 26:
@@ -469,9 +483,10 @@ class ExistingFolder:
                 on_disk[message.key] = f"{sub}/{name}"
             self.moved[staged] = final
             lines.append(f"{step.uid} :{final.name.partition(':')[0]}")
-            self.landed.messages += 1
-            self.landed.links += size == 0
-            self.landed.bytes += size
+            if size >= 0:
+                self.landed.messages += 1
+                self.landed.links += is_link
+                self.landed.bytes += size
         if added_keywords:
             replace_file(self.path, "dovecot-keywords",
                          "".join(f"{i} {k}\n" for i, k in enumerate(keywords)), self.owner)
@@ -524,6 +539,14 @@ class ExistingFolder:
             os.close(fd)
 
 
+
+
+def _unlink_staged(staged: list[tuple[MessageRecord, Path, int, bool]]) -> None:
+    for _, path, _, _ in staged:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def is_pristine(path: Path) -> bool:
@@ -686,7 +709,7 @@ class MaildirWriter:
         self._maildir_for(partition, user, folder)
         return ExistingFolder(self.folder_path(partition, user, folder),
                               self.owner(partition, user), self.lock_timeout, check_existing,
-                              self.sync, self.batch_size)
+                              self.sync, self.batch_size, folder == INBOX)
 
     def add_subscriptions(self, partition: str, user: str, names: list[str]) -> None:
         maildir = self.store.maildir(partition, user)

@@ -199,3 +199,25 @@ def test_message_record_rejects_bad_values(pax, words):
     with pytest.raises(RecordError) as exc:
         MessageRecord.decode({**good, **pax}, "p/u/Work/k1", 3, 0, False)
     assert words in str(exc.value) and "p/u/Work/k1" in str(exc.value)
+
+
+def test_merge_never_hands_out_a_uid_dovecot_refuses():
+    from ims.restore.plan import UidsExhausted
+    steps, next_uid = plan_merge(["a"], listed=set(), on_disk=set(), next_uid=UID_MAX,
+                                 check_existing=True)
+    assert steps[0].uid == UID_MAX == 2**32 - 2
+    with pytest.raises(UidsExhausted, match="no UIDs left"):
+        plan_merge(["a", "b"], listed=set(), on_disk=set(), next_uid=UID_MAX, check_existing=True)
+
+
+def test_whole_folder_next_uid_stays_where_dovecot_can_still_hand_one_out():
+    assert restored_next_uid(state(next_uid=UID_MAX - 5), 100_000) == UID_MAX
+    lagging = state(next_uid=2**32 - 1, uids=(UID_MAX,))     # as the store had it
+    assert restored_next_uid(lagging, 100_000) == 2**32 - 1
+
+
+def test_chain_starts_at_its_last_full_backup():
+    order = order_chain([("i0", header(50, 40)), ("full", header(100)), ("i1", header(200, 100))],
+                        allow_gaps=False)
+    assert order.order == [1, 2] and order.has_full
+    assert any("not needed" in note and "i0" in note for note in order.notes)
