@@ -1,6 +1,8 @@
-"""Review of the rebuilt restore: defects found by trying to break it.  Each test describes
-the expected behaviour and fails on the code as reviewed (installed commands, real files,
-no Dovecot)."""
+"""imsrestore tried as an attacker and a hurried administrator would: hostile values at the
+edges of the UID space, names that select nothing, chains with a full backup in the middle
+or a renamed folder, planted lock files, a reader process killed midway.  Each test's
+docstring says what went wrong before the fix and what must hold (installed commands, real
+files, no Dovecot)."""
 
 from __future__ import annotations
 
