@@ -267,8 +267,8 @@ class NewFolder:
         if self.keywords:
             replace_file(self.aside, "dovecot-keywords", self._keywords_text(), self.owner)
         if self.whole.modseq is not None:
-            seed_modseq(self.aside, self.whole.modseq, self.owner.uid, self.owner.gid,
-                        unseen=True)
+            dovecot_modseq.seed_modseq(self.aside, self.whole.modseq, self.owner.uid,
+                                       self.owner.gid, unseen=True)
         if self.sync:
             _sync_dir(self.aside / "cur")
             _sync_dir(self.aside)
@@ -304,14 +304,14 @@ class NewFolder:
                 remove_index_files(self.target)
                 if self.whole.modseq is not None:
                     try:
-                        seed_modseq(self.target, self.whole.modseq, self.owner.uid,
+                        dovecot_modseq.seed_modseq(self.target, self.whole.modseq, self.owner.uid,
                                     self.owner.gid)
                     except FileExistsError:
                         # Dovecot reopened the INBOX meanwhile (a session, a delivery): once
                         # more, then without the seed rather than over a live log
                         remove_index_files(self.target)
                         try:
-                            seed_modseq(self.target, self.whole.modseq, self.owner.uid,
+                            dovecot_modseq.seed_modseq(self.target, self.whole.modseq, self.owner.uid,
                                         self.owner.gid)
                         except FileExistsError:
                             pass
@@ -611,11 +611,6 @@ def _sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def seed_modseq(folder: Path, modseq: int, uid: int, gid: int, unseen: bool = False) -> None:
-    """Make Dovecot's first open of a restored folder start at ``modseq``."""
-    dovecot_modseq.seed_modseq(folder, modseq, uid, gid, unseen=unseen)
 
 
 # -- the driver's StoreWriter ------------------------------------------------------------------
