@@ -303,16 +303,15 @@ class NewFolder:
                     replace_file(self.target, "dovecot-keywords", self._keywords_text(), self.owner)
                 remove_index_files(self.target)
                 if self.whole.modseq is not None:
+                    seed = (self.target, self.whole.modseq, self.owner.uid, self.owner.gid)
                     try:
-                        dovecot_modseq.seed_modseq(self.target, self.whole.modseq, self.owner.uid,
-                                    self.owner.gid)
+                        dovecot_modseq.seed_modseq(*seed)
                     except FileExistsError:
                         # Dovecot reopened the INBOX meanwhile (a session, a delivery): once
                         # more, then without the seed rather than over a live log
                         remove_index_files(self.target)
                         try:
-                            dovecot_modseq.seed_modseq(self.target, self.whole.modseq, self.owner.uid,
-                                        self.owner.gid)
+                            dovecot_modseq.seed_modseq(*seed)
                         except FileExistsError:
                             pass
                 if self.whole.uidvalidity:
@@ -686,7 +685,8 @@ class MaildirWriter:
     def _maildir_for(self, partition: str, user: str, folder: str) -> Path:
         maildir = self._maildir(partition, user)
         if folder != INBOX and not maildir.is_dir():
-            make_maildir(maildir, self.owner(partition, user), marker=False)  # an INBOX to hang it on
+            # an INBOX to hang the folder on
+            make_maildir(maildir, self.owner(partition, user), marker=False)
         return maildir
 
     def restore_whole(self, partition: str, user: str, folder: str,
