@@ -7,6 +7,7 @@ import os
 import sys
 
 from ims.asm.imsasm import compare, parse_args, recover, save
+from ims.cli.common import report_unexpected
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import EXIT_CODE_TABLE, ConfigError, ImsError
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say(f"{prog}: interrupted")
         return 130
+    except Exception as exc:   # noqa: BLE001 - one line and exit 7, never a traceback
+        return report_unexpected(prog, exc)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     DAMAGED = 4
     UNRESOLVED_LINKS = 5
     DEVICE = 6
+    INTERNAL = 7
 
 
 EXIT_CODE_TABLE = """\
@@ -32,11 +33,13 @@ Exit codes (the same for every ims command):
   4  archive damaged or incomplete (no valid trailer, digest mismatch, wrong blocking factor)
   5  unresolved links: a references file was written; run imsrestore -r
   6  device error: the archive could not be written or read (ENOSPC, EIO, broken pipe)
+  7  internal error: an unexpected failure stopped the run; it is incomplete
+     (IMS_DEBUG=1 prints the traceback)
   128+N killed by signal N
-When several apply, the most serious wins: 2, then 6, 4, 3, 5, 1."""
+When several apply, the most serious wins: 7, 2, 6, 4, 3, 5, 1."""
 
 # Most serious first (DESIGN §7).
-_SEVERITY = [ExitCode.USAGE, ExitCode.DEVICE, ExitCode.DAMAGED, ExitCode.LOCKED,
+_SEVERITY = [ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.DEVICE, ExitCode.DAMAGED, ExitCode.LOCKED,
              ExitCode.UNRESOLVED_LINKS, ExitCode.SKIPPED, ExitCode.OK]
 
 
@@ -85,3 +88,15 @@ class ArchiveDamaged(ImsError):
 
 class StoreLocked(ImsError):
     exit_code = ExitCode.LOCKED
+
+
+class HelperDied(ArchiveDamaged):
+    """A helper process we forked (store reader, archive reader) ended without an answer
+    (killed, out of memory): what it had not yet handed over is missing, so the run is
+    incomplete (exit 4); a backup's archive gets no trailer."""
+
+
+class InternalError(ImsError):
+    """An unexpected failure (a bug, or a system error nobody foresaw)."""
+
+    exit_code = ExitCode.INTERNAL

@@ -16,8 +16,8 @@ in the stream is not read again.  A message larger than a slot is hashed in a fi
 then sent in slot-sized chunks.
 
 Failure behaviour: per-message problems become outcomes (vanished, skipped); an unexpected
-exception in the child is sent as a ``Failure`` and raised in the parent as RuntimeError; a
-child that dies makes the parent raise.  ``stop()`` kills and reaps the child (its own pid
+exception in the child is sent as a ``Failure`` and raised in the parent as InternalError; a
+child that dies makes the parent raise HelperDied (exit 4).  ``stop()`` kills and reaps the child (its own pid
 only).  The child never touches the parent's stdout (the archive may go there) and leaves
 with ``os._exit``.
 """
@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ims.errors import HelperDied, InternalError
 from ims.helper import Channel, HelperProcess
 from ims.names import Scope, select_folders
 from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
@@ -139,11 +140,13 @@ class StoreReadAhead:
         while True:
             ok, item = self.channel.receive()
             if not ok:
-                raise RuntimeError("the store reader process ended unexpectedly")
+                raise HelperDied(f"the store reader process (pid {self.helper.pid}) ended"
+                                 " unexpectedly; the archive is incomplete (no trailer)")
             if item is None:
                 return
             if isinstance(item, Failure):
-                raise RuntimeError(f"store reader failed: {item.message}")
+                raise InternalError(f"the store reader failed: {item.message};"
+                                    " the archive is incomplete (no trailer)")
             yield item
 
     def view(self, slot: int) -> memoryview:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +48,25 @@ def run(command: click.Command, argv: list[str] | None, prog: str) -> int:
     except KeyboardInterrupt:
         click.echo(f"{prog}: interrupted", err=True)
         return 130
+    except Exception as exc:   # noqa: BLE001 - the contract: one line and a code, never 0 or 1
+        return report_unexpected(prog, exc)
     return int(ExitCode.OK)
+
+
+def report_unexpected(prog: str, exc: BaseException) -> int:
+    """One line for an exception nobody foresaw, exit 7; the traceback goes to the debug
+    log and, with IMS_DEBUG=1, to stderr."""
+    logging.getLogger("ims").exception("unexpected failure")
+    if os.environ.get("IMS_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})"
+    detail = str(exc).replace("\n", " ") or "no detail"
+    click.echo(f"{prog}: internal error: {type(exc).__name__}: {detail}{where};"
+               " the run is incomplete (IMS_DEBUG=1 shows the traceback)", err=True)
+    return int(ExitCode.INTERNAL)
 
 
 def epilog(extra: str = "") -> str:
