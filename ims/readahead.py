@@ -200,8 +200,13 @@ class StoreReadAhead:
         except OSError as exc:
             self._put(UserItem(partition, user, group, None, [], [], exc.strerror or str(exc)))
             return
+        refused = self.store.refused_links(partition, user)
         folders, excluded = select_folders(user_scope, all_folders, self.exclusions)
         self._put(UserItem(partition, user, group, info, folders, excluded))
+        for folder, why in refused:
+            # named among the skipped items: the run exits 1, never silently short
+            self._put(FolderItem(f"/{partition}/{group}/{user}/{folder}", partition, user,
+                                 folder, None, error=why))
         for folder in folders:
             self._read_folder(partition, user, group, folder)
 

@@ -77,6 +77,10 @@ class StoreReader(Protocol):
 
     def folders(self, partition: str, user: str) -> list[str]: ...
 
+    def refused_links(self, partition: str, user: str) -> list[tuple[str, str]]:
+        """(folder, why) for each folder the last ``folders`` call found but will not read
+        (a link the driver does not follow); a backup names them among its skipped items."""
+
     def open_folder(self, partition: str, user: str, folder: str) -> FolderReader: ...
 
     def folder_identity(self, partition: str, user: str, folder: str) -> int | None:

@@ -38,6 +38,14 @@ class LayoutError(UnstorableName):
     pass
 
 
+class LinkRefused(OSError):
+    """A symbolic link in the store that a backup does not follow (it leads back into the
+    store, or to a directory already backed up); ``strerror`` says why, naming the link."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ELOOP, message)
+
+
 class Layout:
     """A ``store.maildir.layout`` pattern such as ``%u/Maildir`` or ``%d/%n/Maildir``."""
 
@@ -95,7 +103,9 @@ class Layout:
             except (FileNotFoundError, NotADirectoryError):
                 return
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                # a link to a directory is listed too (Dovecot serves it); whether it is
+                # followed is decided per user (MaildirStore.user_info), never skipped here
+                if entry.name.startswith(".") or not entry.is_dir():
                     continue
                 walk(directory / entry.name, index + 1, {**values, part: entry.name})
 
@@ -138,10 +148,15 @@ class MaildirFolderReader:
         try:
             for sub in ("new", "cur"):
                 try:
-                    self.sub_fds[sub] = os.open(sub, os.O_RDONLY | os.O_DIRECTORY,
+                    self.sub_fds[sub] = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                                                 dir_fd=self.folder_fd)
                 except FileNotFoundError:
                     pass
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise LinkRefused(f"{folder_dir}/{sub} is a link or not a directory;"
+                                          " not followed") from None
+                    raise
             self.state = self._read_state(name)
         except BaseException:
             self.close()
@@ -229,7 +244,10 @@ class MaildirFolderReader:
         for _attempt in range(3):
             sub, _, filename = location.partition("/")
             try:
-                fd = os.open(filename, os.O_RDONLY, dir_fd=self.sub_fds[sub])
+                # never through a link (root would archive whatever it names) and never
+                # blocking on a FIFO planted under a message's name
+                fd = os.open(filename, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                             dir_fd=self.sub_fds[sub])
             except FileNotFoundError:
                 moved = self._find_again(entry.key, location)
                 if moved is None:
@@ -238,6 +256,8 @@ class MaildirFolderReader:
                 continue
             try:
                 st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
             except BaseException:
                 os.close(fd)
                 raise
@@ -295,6 +315,11 @@ class MaildirStore:
     def __init__(self, partitions: dict[str, Path], layout: str) -> None:
         self.partition_dirs = partitions
         self.layout = Layout(layout)
+        self._real_partitions: list[str] | None = None
+        # directories reached through a followed link in this run, by (device, inode): a
+        # second link to one of them is refused, so no mail is backed up twice
+        self._followed: dict[tuple[int, int], str] = {}
+        self._refused: dict[tuple[str, str], list[tuple[str, str]]] = {}
 
     def partitions(self) -> list[str]:
         return sorted(self.partition_dirs)
@@ -311,8 +336,40 @@ class MaildirStore:
         except LayoutError:
             return False
 
+    def _inside_store(self, real: str) -> bool:
+        if self._real_partitions is None:
+            self._real_partitions = [os.path.realpath(p) for p in self.partition_dirs.values()]
+        return any(real == p or real.startswith(p.rstrip("/") + "/")
+                   for p in self._real_partitions)
+
+    def _link_verdict(self, path: Path, expected_real: str, what: str) -> str | None:
+        """None when ``path`` is a plain directory or a link this backup follows; otherwise
+        why the link is refused.  Dovecot serves mail through links, so a link that leads
+        out of the store (a user moved to another disk) is followed; one that leads back
+        into the store (another user's mail, a loop) or to a directory already reached
+        through another link would back mail up twice or under the wrong owner."""
+        real = os.path.realpath(path)
+        if real == expected_real:
+            return None
+        if self._inside_store(real):
+            return f"{what} {path} is a link into the store ({real}); not followed"
+        st = os.stat(real)
+        seen = self._followed.setdefault((st.st_dev, st.st_ino), str(path))
+        if seen != str(path):
+            return f"{what} {path} leads to {real}, already backed up through {seen}; not followed"
+        return None
+
+    def refused_links(self, partition: str, user: str) -> list[tuple[str, str]]:
+        """(folder name, why) for each folder link the last ``folders`` call did not follow."""
+        return self._refused.pop((partition, user), [])
+
     def user_info(self, partition: str, user: str) -> UserInfo:
         root = self.maildir(partition, user)
+        partition_real = os.path.realpath(self.partition_dirs[partition])
+        verdict = self._link_verdict(root, os.path.join(
+            partition_real, os.path.relpath(root, self.partition_dirs[partition])), "the Maildir")
+        if verdict:
+            raise LinkRefused(verdict)
         st = os.stat(root)
         try:
             subscriptions = read_subscriptions(root)
@@ -329,21 +386,32 @@ class MaildirStore:
         root = self.maildir(partition, user)
         found: list[str] = [INBOX] if (root / "cur").is_dir() else []
         names: list[str] = []
+        refused: list[tuple[str, str]] = []
+        root_real = os.path.realpath(root)
         with os.scandir(root) as entries:
             for entry in entries:
                 if (not entry.name.startswith(".") or entry.name in (".", "..")
-                        or len(entry.name) < 2 or not entry.is_dir(follow_symlinks=False)):
+                        or len(entry.name) < 2 or not entry.is_dir()):
                     continue
                 try:
                     if not stat.S_ISDIR(os.stat(os.path.join(entry.path, "cur")).st_mode):
                         continue
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     continue
                 try:
-                    names.append(dirname_to_folder(entry.name))
+                    name = dirname_to_folder(entry.name)
                 except ValueError:
                     # Not valid mUTF-7 (for example a store kept with :UTF-8): keep it as is.
-                    names.append(entry.name[1:].replace(".", "/"))
+                    name = entry.name[1:].replace(".", "/")
+                if entry.is_symlink():
+                    verdict = self._link_verdict(Path(entry.path),
+                                                 os.path.join(root_real, entry.name), "folder")
+                    if verdict:
+                        refused.append((name, verdict))
+                        continue
+                names.append(name)
+        if refused:
+            self._refused[(partition, user)] = refused
         return found + sorted(names)
 
     def folder_dir(self, partition: str, user: str, folder: str) -> Path:
