@@ -75,7 +75,8 @@ class Layout:
         for part in self.parts:
             value = values.get(part)
             # each component is one directory level below the partition, never a way out
-            if value is not None and (value in ("", ".", "..") or "/" in value or "\0" in value):
+            if value is not None and (value in ("", ".", "..") or "/" in value
+                                      or any(ord(c) < 32 or ord(c) == 127 for c in value)):
                 raise LayoutError(f"user {user!r}: {part} would be {value!r}, which is not a"
                                   f" directory name (layout {self.pattern})")
         return partition_dir.joinpath(*(values.get(p, p) for p in self.parts))

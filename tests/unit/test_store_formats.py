@@ -102,3 +102,21 @@ def test_layouts(tmp_path):
         Layout("%u/%h")
     with pytest.raises(LayoutError):
         Layout("%d/Maildir")
+
+
+@pytest.mark.parametrize("user", ["evil@..", "x@.", "@d", "a@b/c", "a@b\x01c", "a\nb@c", "a@b\x7f"])
+def test_hosted_layout_refuses_components_that_are_not_one_directory_name(user):
+    from pathlib import Path
+
+    from ims.store.maildir import Layout, LayoutError
+    with pytest.raises(LayoutError, match="not a directory name"):
+        Layout("%d/%n/Maildir").path_of(Path("/p"), user)
+
+
+def test_a_user_map_cannot_send_a_user_out_of_its_partition(tmp_path):
+    from ims.errors import UsageError
+    from ims.restore.selection import read_user_map
+    for line in ("joe=joe@..", "@a.org=@..", "joe=../x", "joe=.hidden", "joe=a\x01b"):
+        (tmp_path / "map").write_text(line + "\n")
+        with pytest.raises(UsageError, match="map:1"):
+            read_user_map(str(tmp_path / "map"))
