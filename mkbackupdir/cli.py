@@ -66,10 +66,12 @@ def command(backupdir: str | None, asm: str, inbox_only: bool, folders_only: boo
              f" {report.long_names[0]}")
     for error in report.errors:
         warn(PROG, f"could not list {error}; its placeholders are kept as they were")
+    for problem in report.problems:
+        warn(PROG, problem)
     click.echo(f"{PROG}: {options.backupdir / options.server}: {report.users} users,"
                f" {report.placeholders} placeholders, {len(report.created)} added,"
                f" {len(report.removed)} removed", err=True)
-    raise CommandResult(ExitCode.SKIPPED if report.errors else ExitCode.OK)
+    raise CommandResult(ExitCode.SKIPPED if report.errors or report.problems else ExitCode.OK)
 
 
 def main(argv: list[str] | None = None) -> int:

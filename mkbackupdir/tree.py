@@ -10,19 +10,28 @@ newest ctime of its ``cur/`` and ``new/``), so that NetWorker's incremental leve
 mailboxes that changed; nothing else is touched.  It is safe to run as a savepnpc precmd
 every night.
 
+The tree is owned by the store's owner, who can plant links in it: it is walked by directory
+descriptors and never through a link.  A link (or anything else) where a directory or a
+placeholder belongs is refused and named, and what is below it skipped.  New directories
+are 0700 and new files 0600: the tree names every user and folder.
+
 Failure behaviour: a configuration problem raises before anything is changed; a user or
 folder that cannot be listed is reported and its existing placeholders are kept (never
-removed because of a read error).
+removed because of a read error); a refused or failing path is reported (``problems``), the
+rest of the tree is still brought in step.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ims.config import Config
+from ims.errors import ConfigError
 from ims.mkbackupdir.layout import NSR_FILE, folder_to_parts
 from ims.store.maildir import INBOX, MaildirStore
 from ims.store.maildir_write import Owner
@@ -50,6 +59,7 @@ class TreeReport:
     nsr_written: int = 0
     long_names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)    # refused or failed, one line each
     ungrouped: list[str] = field(default_factory=list)
 
 
@@ -134,86 +144,295 @@ def sync_tree(config: Config, store: MaildirStore, options: TreeOptions, owner: 
     report = TreeReport()
     placeholders, nsr, protected = wanted_tree(config, store, options, report)
     root = options.backupdir / options.server
-    _make_dir(options.backupdir, owner)
-    _make_dir(root, owner)
-    for path, mtime in sorted(placeholders.items()):
-        _make_dirs(path.parent, root, owner)
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            owner.apply(fd)
-            os.close(fd)
-            report.created.append(str(path))
-        if mtime is not None and int(os.stat(path).st_mtime) != int(mtime):
-            os.utime(path, (mtime, mtime))
-        save_set = str(path)
-        if len(save_set) > SAVE_SET_LIMIT:
-            report.long_names.append(save_set)
+    by_dir: dict[tuple[str, ...], list[tuple[str, float | None]]] = {}
+    for path, mtime in placeholders.items():
+        by_dir.setdefault(_relative(path.parent, root), []).append((path.name, mtime))
+        if len(str(path)) > SAVE_SET_LIMIT:
+            report.long_names.append(str(path))
     report.placeholders = len(placeholders)
-    for directory, names in nsr.items():
-        content = nsr_content(options.asm, names)
-        target = directory / NSR_FILE
-        try:
-            if target.read_text(encoding="utf-8") == content:
+    base_fd = _open_backupdir(options.backupdir, owner)
+    try:
+        root_fd = _open_dir(base_fd, options.server, root, owner)
+    except Refused as exc:
+        report.problems.append(str(exc))
+        return report
+    finally:
+        os.close(base_fd)
+    dirs = _DirPath(root_fd, root, owner)
+    try:
+        for relative in sorted(by_dir):
+            try:
+                dir_fd = dirs.open(relative)
+            except Refused as exc:
+                report.problems.append(str(exc))
                 continue
-        except FileNotFoundError:
-            pass
-        temp = directory / (NSR_FILE + ".new")
-        temp.write_text(content, encoding="utf-8")
-        owner.apply(temp)
-        os.replace(temp, target)
-        report.nsr_written += 1
-    _remove_stale(root, placeholders, nsr, protected, report)
+            if dir_fd is None:
+                continue            # below a directory already refused (and named)
+            directory = root.joinpath(*relative)
+            for name, mtime in sorted(by_dir[relative]):
+                try:
+                    if _placeholder(dir_fd, name, directory / name, mtime, owner):
+                        report.created.append(str(directory / name))
+                except Refused as exc:
+                    report.problems.append(str(exc))
+                except OSError as exc:
+                    report.problems.append(f"{directory / name}: {exc.strerror}")
+            names = nsr.get(directory)
+            if names is not None:
+                try:
+                    if _write_nsr(dir_fd, nsr_content(options.asm, names), owner):
+                        report.nsr_written += 1
+                except OSError as exc:
+                    report.problems.append(f"{directory / NSR_FILE}: {exc.strerror}")
+        _remove_stale(root_fd, root, placeholders, nsr, protected, report)
+    finally:
+        dirs.close()
+        os.close(root_fd)
     return report
 
 
-def _remove_stale(root: Path, placeholders: dict[Path, float | None],
+# The tree below the backup directory belongs to the store's owner, who can plant links
+# and swap directories there while root runs this: everything below is reached through
+# directory descriptors opened without following links, and files are created exclusively.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted in place of a file must not hang the run
+_EXISTING_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+DIR_MODE = 0o700        # the tree names every user and folder: private, like the store
+FILE_MODE = 0o600
+TEMP_NSR = NSR_FILE + ".new"
+
+
+class Refused(Exception):
+    """Something in the tree the run must not go through or touch; ``str()`` is the one
+    line naming it."""
+
+
+def _relative(path: Path, root: Path) -> tuple[str, ...]:
+    return path.relative_to(root).parts
+
+
+def _open_backupdir(path: Path, owner: Owner) -> int:
+    """The backup directory itself: the administrator's path (it may be a link to another
+    file system, so it is followed), created when missing."""
+    try:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, DIR_MODE)
+            created = True
+        except FileExistsError:
+            created = False
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{path}: the backup directory cannot be used: {exc.strerror}") from None
+    if created:
+        owner.apply(fd)
+        os.fchmod(fd, DIR_MODE)
+    return fd
+
+
+def _open_dir(parent: int, name: str, path: Path, owner: Owner) -> int:
+    """The directory ``name`` in ``parent`` (created, the owner's, when missing), never
+    through a link; raises ``Refused`` for a link or anything else that is not a directory."""
+    try:
+        try:
+            return os.open(name, _DIR, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        try:
+            os.mkdir(name, DIR_MODE, dir_fd=parent)
+            created = True
+        except FileExistsError:
+            created = False         # made meanwhile: opened like any other
+        fd = os.open(name, _DIR, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):   # Linux says ENOTDIR for a link too
+            if _is_link(parent, name):
+                raise Refused(f"{path}: a symbolic link where a directory belongs; not"
+                              " followed, skipped with everything below it") from None
+            raise Refused(f"{path}: not a directory; skipped with everything below it") from None
+        raise Refused(f"{path}: {exc.strerror}; skipped with everything below it") from None
+    if created:
+        try:
+            owner.apply(fd)
+            os.fchmod(fd, DIR_MODE)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _is_link(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+class _DirPath:
+    """Descriptors of the directories from the tree's root down to the one in use.  The
+    directories are visited in sorted order, so only the changed end of the path is
+    reopened, and only a path's worth of descriptors is open at a time."""
+
+    def __init__(self, root_fd: int, root: Path, owner: Owner) -> None:
+        self.root_fd = root_fd
+        self.root = root
+        self.owner = owner
+        self.names: list[str] = []
+        self.fds: list[int] = []
+        self.refused: list[tuple[str, ...]] = []
+
+    def open(self, relative: tuple[str, ...]) -> int | None:
+        """The directory's descriptor; None below a directory refused before."""
+        if any(relative[:len(r)] == r for r in self.refused):
+            return None
+        keep = 0
+        while keep < min(len(self.names), len(relative)) and self.names[keep] == relative[keep]:
+            keep += 1
+        for fd in self.fds[keep:]:
+            os.close(fd)
+        del self.names[keep:], self.fds[keep:]
+        for name in relative[keep:]:
+            parent = self.fds[-1] if self.fds else self.root_fd
+            here = (*self.names, name)
+            try:
+                fd = _open_dir(parent, name, self.root.joinpath(*here), self.owner)
+            except Refused:
+                self.refused.append(here)
+                raise
+            self.names.append(name)
+            self.fds.append(fd)
+        return self.fds[-1] if self.fds else self.root_fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.names, self.fds = [], []
+
+
+def _check_placeholder(st: os.stat_result, path: Path) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused(f"{path}: a symbolic link where a placeholder belongs; not followed,"
+                      " left alone")
+    # a hard link would carry the times set here to a file elsewhere
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise Refused(f"{path}: not a placeholder (not a plain file, or a file with other"
+                      " links); left alone")
+
+
+def _placeholder(dir_fd: int, name: str, path: Path, mtime: float | None, owner: Owner) -> bool:
+    """Create the placeholder, or set its mtime to its mailbox's; True when created."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        fd = os.open(name, _NEW_FILE, FILE_MODE, dir_fd=dir_fd)
+        try:
+            owner.apply(fd)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        return True
+    _check_placeholder(st, path)
+    if mtime is not None and int(st.st_mtime) != int(mtime):
+        fd = os.open(name, _EXISTING_FILE, dir_fd=dir_fd)
+        try:
+            _check_placeholder(os.fstat(fd), path)      # what was opened, not what was named
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+    return False
+
+
+def _write_nsr(dir_fd: int, content: str, owner: Owner) -> bool:
+    """Write the directory's .nsr when its content differs; True when written."""
+    data = content.encode("utf-8")
+    if _read_nsr(dir_fd, len(data) + 1) == data:
+        return False
+    try:
+        os.unlink(TEMP_NSR, dir_fd=dir_fd)      # a stale one, or a planted link: not followed
+    except FileNotFoundError:
+        pass
+    fd = os.open(TEMP_NSR, _NEW_FILE, FILE_MODE, dir_fd=dir_fd)
+    try:
+        owner.apply(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        os.unlink(TEMP_NSR, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    # a rename replaces whatever is at .nsr (a planted link included) without following it
+    os.replace(TEMP_NSR, NSR_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return True
+
+
+def _read_nsr(dir_fd: int, limit: int) -> bytes | None:
+    try:
+        fd = os.open(NSR_FILE, _EXISTING_FILE, dir_fd=dir_fd)
+    except OSError:
+        return None                 # missing, or a link: written anew
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(root_fd: int, root: Path, placeholders: dict[Path, float | None],
                   nsr: dict[Path, list[str]], protected: set[Path], report: TreeReport) -> None:
-    """Remove what stands for mailboxes and users that are gone (bottom-up)."""
-    keep_dirs = {root}
-    for path in placeholders:
-        keep_dirs.update(p for p in path.parents if root in p.parents or p == root)
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        directory = Path(dirpath)
-        if any(directory == p or p in directory.parents for p in protected):
+    """Remove what stands for mailboxes and users that are gone (bottom-up); ``os.fwalk``
+    never enters a link, and every removal is by name in a directory descriptor, which
+    never follows one either."""
+    wanted = {_relative(p, root) for p in placeholders}
+    nsr_dirs = {_relative(d, root) for d in nsr}
+    guarded = [_relative(p, root) for p in protected]
+    keep_dirs: set[tuple[str, ...]] = {()}
+    for parts in wanted:
+        keep_dirs.update(parts[:i] for i in range(1, len(parts)))
+
+    def is_guarded(parts: tuple[str, ...]) -> bool:
+        return any(parts[:len(g)] == g for g in guarded)
+
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(".", topdown=False, dir_fd=root_fd):
+        here = Path(dirpath).parts
+        if is_guarded(here):
             continue
         for name in filenames:
-            path = directory / name
-            if name == NSR_FILE:
-                if directory not in nsr:
-                    path.unlink()
-                continue
-            if path not in placeholders and _is_placeholder(path):
-                path.unlink()
-                report.removed.append(str(path))
-        if directory not in keep_dirs and not any(directory.iterdir()):
-            directory.rmdir()
+            parts = (*here, name)
+            try:
+                if name == NSR_FILE:
+                    if here not in nsr_dirs:
+                        os.unlink(name, dir_fd=dir_fd)
+                    continue
+                if parts not in wanted and not is_guarded(parts) and _is_placeholder(dir_fd, name):
+                    os.unlink(name, dir_fd=dir_fd)
+                    report.removed.append(str(root.joinpath(*parts)))
+            except OSError as exc:
+                report.problems.append(f"{root.joinpath(*parts)}: {exc.strerror}")
+        for name in dirnames:
+            parts = (*here, name)
+            if parts not in keep_dirs and not is_guarded(parts):
+                try:
+                    os.rmdir(name, dir_fd=dir_fd)
+                except OSError:
+                    pass    # not empty (a file of the administrator's) or a link: left
 
 
-def _is_placeholder(path: Path) -> bool:
+def _is_placeholder(dir_fd: int, name: str) -> bool:
     """Only zero-length regular files are ours to remove; anything else is left alone."""
     try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    return st.st_size == 0 and (path.is_file() and not path.is_symlink())
-
-
-def _make_dir(path: Path, owner: Owner) -> None:
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        owner.apply(path)
-
-
-def _make_dirs(path: Path, root: Path, owner: Owner) -> None:
-    missing = []
-    current = path
-    while current != root and not current.is_dir():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        os.chmod(directory, 0o755)
-        owner.apply(directory)
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def store_owner(config: Config, store: MaildirStore) -> Owner:
