@@ -12,6 +12,8 @@ subfolders) — and:
   to what PATH stands for; for a user who is gone the partition comes from the stream.
 - ``-c`` reads a saved stream and compares it with the live store: messages missing from
   the store, differing in bytes or flags, and messages the store has that the stream lacks.
+  Users and folders are named only by the stream's validated records; a member whose values
+  are not valid is named, not compared, and makes the exit 4.
 - ``-n`` dry run (save: resolve and check only; recover/compare: read and check the stream),
   ``-v`` verbose, ``-b`` byte-count estimate (records, header bytes, data bytes).
 
@@ -44,7 +46,7 @@ from ims.names import Scope, UserScope, in_folder
 from ims.restore import session
 from ims.restore.engine import RestoreOptions
 from ims.restore.selection import Pattern
-from ims.store.maildir import MaildirStore
+from ims.store.maildir import LayoutError, MaildirFolderReader, MaildirStore
 
 SAVE_FLAGS = set("nvbeouxiEq")
 SAVE_WITH_VALUE = set("tfp")
@@ -285,77 +287,116 @@ def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
 
 def compare(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int,
             say: Callable[[str], None]) -> int:
-    """Compare a saved stream with the live store; exit 1 when they differ."""
+    """Compare a saved stream with the live store; exit 1 when they differ, 4 when the
+    stream holds a member whose values are not valid (it is named and not compared).
+
+    Names come only from the validated records (ims/archive/records.py); each live folder
+    is listed once, while the stream goes through that folder's members."""
     reader = ArchiveReader(in_fd, "the compare stream", fmt.DEFAULT_BLOCKING_FACTOR)
     reader.read_header()
-    differences: list[str] = []
-    folder_key = None
-    seen: dict[tuple[str, str, str], set[str]] = {}
+    differences = 0
+    invalid = 0
+    live: _LiveFolder | None = None
     data_of: dict[str, str] = {}
-    for member in reader.members():
-        if member.invalid is not None:
-            differences.append(f"{member.invalid}: not compared")
+
+    def differ(line: str) -> None:
+        nonlocal differences
+        differences += 1
+        say(f"imsasm: {line}")    # as found: a stream cut short still shows what was compared
+
+    def leave_folder() -> None:
+        nonlocal live
+        if live is not None:
+            for key in live.only_in_store():
+                differ(f"{live.where}/{key}: in the store, not in the save")
+            live.close()
+            live = None
+
+    try:
+        for member in reader.members():
             if member.kind == fmt.FOLDER:
-                folder_key = None
-            continue
-        if member.kind == fmt.FOLDER:
-            state = member.record
-            folder_key = (state.partition, state.user, state.folder)
-            seen[folder_key] = set()
-            continue
-        if member.kind != fmt.MESSAGE or folder_key is None:
-            continue
-        record = member.record
-        key = record.key
-        seen[folder_key].add(key)
-        sha = record.sha256 or data_of.get(member.linkname)
-        if not member.is_link:
-            data_of[member.name] = sha or ""
-        if request.dry_run:
-            continue
-        live = _live_message(store, *folder_key, key)
-        where = f"/{folder_key[0]}/{folder_key[1]}/{folder_key[2]}/{key}"
-        if live is None:
-            differences.append(f"{where}: in the save, not in the store")
-            continue
-        path, flags = live
-        if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
-            differences.append(f"{where}: bytes differ")
-        if flags != record.flags:
-            differences.append(f"{where}: flags {record.flags} saved, {flags} in the store")
-    if not request.dry_run:
-        for (partition, user, folder), keys in seen.items():
-            for key in _live_keys(store, partition, user, folder) - keys:
-                differences.append(f"/{partition}/{user}/{folder}/{key}: in the store, not in the save")
-    for line in differences:
-        say(f"imsasm: {line}")
+                leave_folder()
+            if member.invalid is not None:
+                invalid += 1
+                say(f"imsasm: error: {member.invalid}: not compared")
+                continue
+            if member.kind == fmt.FOLDER:
+                state = member.record
+                where = f"/{state.partition}/{state.user}/{state.folder}"
+                if request.dry_run:
+                    continue
+                try:
+                    live = _LiveFolder(store, state.partition, state.user, state.folder, where)
+                except _NotHere as exc:
+                    differ(f"{where}: {exc}; not compared")
+                continue
+            if member.kind != fmt.MESSAGE:
+                continue
+            record = member.record
+            sha = record.sha256 or data_of.get(member.linkname)
+            if not member.is_link:
+                data_of[member.name] = sha or ""
+            if live is None:
+                continue
+            for line in live.compare(record.key, sha, record.flags):
+                differ(line)
+        leave_folder()
+    finally:
+        if live is not None:
+            live.close()
     if request.verbose:
-        say(f"imsasm: {len(differences)} difference(s)")
+        say(f"imsasm: {differences} difference(s), {invalid} invalid member(s)")
+    if invalid:
+        return ExitCode.DAMAGED
     return ExitCode.SKIPPED if differences else ExitCode.OK
 
 
-def _live_keys(store: MaildirStore, partition: str, user: str, folder: str) -> set[str]:
-    try:
-        reader = store.open_folder(partition, user, folder)
-    except OSError:
-        return set()
-    try:
-        return {m.key for m in reader.state.messages}
-    finally:
-        reader.close()
+class _NotHere(Exception):
+    """The folder a folder state names cannot be found in this store (str: why)."""
 
 
-def _live_message(store: MaildirStore, partition: str, user: str, folder: str, key: str
-                  ) -> tuple[Path, str] | None:
-    try:
-        reader = store.open_folder(partition, user, folder)
-    except OSError:
-        return None
-    try:
-        for entry in reader.state.messages:
-            if entry.key == key:
-                return reader.path / entry.location, entry.flags
-        return None
-    finally:
-        reader.close()
+class _LiveFolder:
+    """The live folder the stream is going through: opened and listed once."""
 
+    def __init__(self, store: MaildirStore, partition: str, user: str, folder: str,
+                 where: str) -> None:
+        if partition not in store.partition_dirs:
+            raise _NotHere(f"partition {partition!r} is not configured here")
+        self.where = where
+        try:
+            self.reader: MaildirFolderReader | None = store.open_folder(partition, user, folder)
+        except LayoutError as exc:
+            raise _NotHere(str(exc)) from None
+        except OSError:
+            self.reader = None          # gone: every saved message is missing from the store
+        messages = self.reader.state.messages if self.reader is not None else []
+        self.entries = {entry.key: entry for entry in messages}
+        self.seen: set[str] = set()
+
+    def compare(self, key: str, sha: str | None, flags: str) -> list[str]:
+        self.seen.add(key)
+        entry = self.entries.get(key)
+        opened = self.reader.open_message(entry) if entry is not None and self.reader else None
+        if opened is None:
+            return [f"{self.where}/{key}: in the save, not in the store"]
+        fd, _ = opened
+        digest = hashlib.sha256()
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+        lines = []
+        if digest.hexdigest() != sha:
+            lines.append(f"{self.where}/{key}: bytes differ")
+        if entry.flags != flags:        # open_message refreshes them after a rename
+            lines.append(f"{self.where}/{key}: flags {flags} saved, {entry.flags} in the store")
+        return lines
+
+    def only_in_store(self) -> list[str]:
+        return sorted(self.entries.keys() - self.seen)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
