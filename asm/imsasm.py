@@ -275,13 +275,20 @@ def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
     report, _ = session.restore_archive(writer, reader, options, lambda message: True, emit)
     if process is not None and process.wait() != 0:
         raise DeviceError(f"asmrecoverfilter {filter_command!r} exited {process.returncode}")
+    # as imsrestore: PATHs that matched nothing are an error when nothing else was done,
+    # otherwise named as skipped (from a pipe they can only be found missing at the end)
+    unmatched = [request.paths[i] for i in report.unmatched] if request.paths else []
+    if unmatched and report.complete and not report.damaged:
+        nothing_done = request.dry_run or not (report.messages or report.already_there
+                                               or report.folders_whole or report.folders_merged)
+        if nothing_done:
+            raise UnknownName(f"{' '.join(unmatched)}: not in the recover stream")
+        report.skipped.extend(f"{path}: not in the recover stream" for path in unmatched)
     for line in report.damaged + report.locked + report.skipped + report.notes:
         say(f"imsasm: {line}")
     if report.unresolved:
         say(f"imsasm: {len(report.unresolved)} message(s) are links to data in another save"
             " record; recover that record too, or save with imsbackup -i")
-    if request.paths and not report.matched and report.complete:
-        raise UnknownName(f"{' '.join(request.paths)}: not in the recover stream")
     return report.exit_code()
 
 
