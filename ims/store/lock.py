@@ -28,9 +28,12 @@ DEFAULT_TIMEOUT = 60.0
 
 class FolderLock:
     def __init__(self, folder_dir: Path, timeout: float = DEFAULT_TIMEOUT,
-                 name: str = LOCK_NAME) -> None:
-        # ``name``: Dovecot takes other files' dotlocks the same way (``subscriptions.lock``)
+                 name: str = LOCK_NAME, shown: Path | None = None) -> None:
+        # ``name``: Dovecot takes other files' dotlocks the same way (``subscriptions.lock``);
+        # ``shown``: the folder as messages name it, when ``folder_dir`` is a descriptor's
+        # /proc/self/fd path
         self.path = folder_dir / name
+        self.shown = (shown or folder_dir) / name
         self.timeout = timeout
         self.inode: int | None = None
 
@@ -40,12 +43,13 @@ class FolderLock:
         delay = 0.01
         while True:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o666)
             except FileExistsError:
                 if self._remove_if_stale():
                     continue
                 if time.monotonic() >= deadline:
-                    raise StoreLocked(f"{self.path}: held by {self._holder()} for more than"
+                    raise StoreLocked(f"{self.shown}: held by {self._holder()} for more than"
                                       f" {self.timeout:.0f} s; store locked") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
@@ -64,7 +68,7 @@ class FolderLock:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+                raise OSError(errno.EINVAL, "not a regular file", str(self.shown))
             return st, os.read(fd, 256).decode("utf-8", "replace").strip()
         finally:
             os.close(fd)

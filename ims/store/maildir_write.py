@@ -23,7 +23,16 @@ Keyword letters are per folder: names are mapped to the target folder's
 dropped, as Dovecot's Maildir cannot hold them in file names).
 
 Files get mode 0600, directories 0700 (Dovecot's own), the owner given, and the message's
-INTERNALDATE as mtime.  Nothing here follows a symbolic link when creating files.
+INTERNALDATE as mtime.
+
+Links: the store belongs to the mail user, who can replace any directory in it by a symbolic
+link, also while a restore runs.  Every directory below the partition root is therefore
+opened level by level with ``O_NOFOLLOW`` (``open_dir_under``), and every file operation
+afterwards is relative to a descriptor so opened: through ``dir_fd`` arguments, or through
+``/proc/self/fd/<fd>/<name>`` (the kernel resolves that prefix to the directory the
+descriptor holds, whatever the path now names), where a library call wants a path.  A link
+met on the way raises ``UnsafePath``, which names it; the folder is skipped and reported.
+The partition directory itself is the administrator's configuration and may be a link.
 
 Counting: ``landed`` says what is in the store, counted when it lands (a committed batch, a
 folder renamed into place), never when it is staged.
@@ -41,6 +50,7 @@ import errno
 import os
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,24 +69,95 @@ _SYSTEM_FLAGS = "DFPRST"
 _RENAME_NOREPLACE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
-_AT_FDCWD = -100
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 
 
-def rename_noreplace(source: Path, target: Path) -> None:
-    """rename(2) that fails with FileExistsError instead of replacing (an empty) target."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(OSError):
+    """A symbolic link (or a non-directory) where the store should have a directory."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(errno.ELOOP, f"{path} is a symbolic link or not a directory;"
+                         " a restore does not follow links inside the store")
+
+
+def anchored(fd: int) -> Path:
+    """A path that names what ``fd`` holds, however the directory is reached by name now."""
+    return Path(f"/proc/self/fd/{fd}")
+
+
+def open_subdir(parent_fd: int, name: str, shown: Path | str, owner: "Owner | None" = None) -> int:
+    """``name`` below ``parent_fd``, never through a link; created (0700, ``owner``) when
+    missing and ``owner`` is given, else FileNotFoundError."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if owner is None:
+            raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(shown) from None
+        raise
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        created = True
+    except FileExistsError:
+        created = False        # made meanwhile (a delivery): taken as it is, if a directory
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(shown) from None
+        raise
+    if created:
+        owner.apply(fd)
+    return fd
+
+
+def open_dir_under(root: Path, parts: tuple[str, ...] | list[str],
+                   owner: "Owner | None" = None) -> int:
+    """A descriptor of ``root/parts...``, each level opened with O_NOFOLLOW from ``root``
+    down (``root``, the partition directory, is configuration and may be a link)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    shown = root
+    try:
+        for part in parts:
+            shown = shown / part
+            child = open_subdir(fd, part, shown, owner)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def rename_noreplace(source_dir: int, source: str, target_dir: int, target: str,
+                     shown: Path | str) -> None:
+    """renameat2(RENAME_NOREPLACE): FileExistsError instead of replacing (an empty) target."""
     if _renameat2 is None:
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "exists", str(target))
-        os.rename(source, target)
+        try:
+            os.lstat(target, dir_fd=target_dir)
+            raise FileExistsError(errno.EEXIST, "exists", str(shown))
+        except FileNotFoundError:
+            pass
+        os.rename(source, target, src_dir_fd=source_dir, dst_dir_fd=target_dir)
         return
-    result = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+    result = _renameat2(source_dir, os.fsencode(source), target_dir, os.fsencode(target),
                         _RENAME_NOREPLACE)
     if result != 0:
         code = ctypes.get_errno()
         if code in (errno.EEXIST, errno.ENOTEMPTY):
-            raise FileExistsError(code, os.strerror(code), str(target))
-        raise OSError(code, os.strerror(code), str(target))
+            raise FileExistsError(code, os.strerror(code), str(shown))
+        raise OSError(code, os.strerror(code), str(shown))
+
+
+def stage_suffix() -> str:
+    """The end of every name a restore stages: pid and host, so a cleaner on another host
+    sharing the store (NFS) never takes a live restore's files for a dead one's."""
+    return f"{os.getpid()}.{socket.gethostname()}"
 
 
 @dataclass
@@ -93,33 +174,28 @@ class Owner:
             os.chown(path, self.uid, self.gid, follow_symlinks=False)
 
 
-def make_dirs(path: Path, owner: Owner) -> None:
-    """Create missing directories down to ``path``, mode 0700, owned by the store's owner."""
-    missing = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            continue
-        owner.apply(directory)
+def make_maildir(folder_fd: int, shown: Path, owner: Owner, marker: bool) -> dict[str, int]:
+    """``cur/ new/ tmp/`` (and ``maildirfolder``) in the folder ``folder_fd`` holds; their
+    descriptors, opened without following links."""
+    subs: dict[str, int] = {}
+    try:
+        for sub in ("cur", "new", "tmp"):
+            subs[sub] = open_subdir(folder_fd, sub, shown / sub, owner)
+        if marker:
+            fd = os.open("maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=folder_fd)
+            owner.apply(fd)
+            os.close(fd)
+    except BaseException:
+        close_all(subs)
+        raise
+    return subs
 
 
-def make_maildir(path: Path, owner: Owner, marker: bool) -> None:
-    make_dirs(path, owner)
-    for sub in ("cur", "new", "tmp"):
-        try:
-            os.mkdir(path / sub, 0o700)
-            owner.apply(path / sub)
-        except FileExistsError:
-            pass
-    if marker:
-        fd = os.open(path / "maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        owner.apply(fd)
+def close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
         os.close(fd)
+    fds.clear()
 
 
 def write_file(directory: Path | int, name: str, data: bytes | memoryview, mtime: int | None,
@@ -148,11 +224,14 @@ def write_file(directory: Path | int, name: str, data: bytes | memoryview, mtime
     return path
 
 
-def replace_file(directory: Path, name: str, text: str, owner: Owner) -> None:
-    """Write a small control file through a temporary name and rename (Dovecot's rule)."""
-    temp = f".{name}.ims-{os.getpid()}"
-    path = write_file(directory, temp, text.encode("utf-8"), None, owner)
-    os.replace(path, os.path.join(directory, name))
+def replace_file(directory: int, name: str, text: str, owner: Owner, sync: bool = False) -> None:
+    """Write a small control file through a temporary name and rename (Dovecot's rule);
+    ``sync``: the file's data before the rename, the directory after it."""
+    temp = f".{name}.ims-restore.{stage_suffix()}"
+    write_file(directory, temp, text.encode("utf-8"), None, owner, sync)
+    os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+    if sync:
+        os.fsync(directory)
 
 
 def file_name(message: MessageRecord, letters: dict[str, str],
@@ -176,22 +255,36 @@ class Placed:
 
     __slots__ = ("folder", "handle")
 
-    def __init__(self, folder: "NewFolder | ExistingFolder", handle: str | Path) -> None:
+    def __init__(self, folder: "NewFolder | ExistingFolder", handle: str) -> None:
         self.folder = folder
         self.handle = handle
 
+    def open_source(self) -> tuple[int, str, bool]:
+        """(directory fd, file name, whether the caller closes the fd)."""
+        return self.folder.locate(self.handle)
+
     def path(self) -> Path:
-        return self.folder.current_path(self.handle)
+        return self.folder.shown_path(self.handle)
+
+
+def _reopen(root: Path, parts: tuple[str, ...], sub: str, name: str) -> tuple[int, str, bool]:
+    return open_dir_under(root, parts + (sub,)), name, True
 
 
 class NewFolder:
-    """Rule 1: build the folder aside and move it into place as a whole."""
+    """Rule 1: build the folder aside and move it into place as a whole.
 
-    def __init__(self, target: Path, aside: Path, owner: Owner, whole: WholeFolder,
+    Owns the descriptors it is given: ``target_dir`` (where ``target_name`` goes) and
+    ``aside_dir`` (where it is built, as ``aside_name``)."""
+
+    def __init__(self, root: Path, parts: tuple[str, ...], target_dir: int, target_name: str,
+                 aside_dir: int, aside_name: str, owner: Owner, whole: WholeFolder,
                  is_inbox: bool, lock_timeout: float, sync: bool = False,
                  batch_size: int = 500) -> None:
-        self.target = target
-        self.aside = aside
+        self.root, self.parts = root, parts
+        self.shown = root.joinpath(*parts)
+        self.target_dir, self.target_name = target_dir, target_name
+        self.aside_dir, self.aside_name = aside_dir, aside_name
         self.owner = owner
         self.whole = whole
         self.is_inbox = is_inbox
@@ -200,15 +293,22 @@ class NewFolder:
         self.batch_size = batch_size
         self.keywords: list[str] = list(whole.keywords)
         self.letters = keyword_letters(self.keywords)
-        # message, "cur/<name>" in the aside dir, its Placed, bytes written, a hard link?
-        self.placed: list[tuple[MessageRecord, str, Placed, int, bool]] = []
+        # message, sub-directory, file name in the aside dir, its Placed, bytes, a hard link?
+        self.placed: list[tuple[MessageRecord, str, str, Placed, int, bool]] = []
         self.landed = Landed()
         self._committed = False
-        clean_stale(aside.parent)
-        make_maildir(aside, owner, marker=not is_inbox)
-        # descriptors stay valid when the folder is renamed into place
-        self._dir_fds = {sub: os.open(aside / sub, os.O_RDONLY | os.O_DIRECTORY)
-                         for sub in ("cur", "new")}
+        self._subs: dict[str, int] = {}
+        self.aside_fd = -1
+        try:
+            clean_stale(aside_dir)
+            os.mkdir(aside_name, 0o700, dir_fd=aside_dir)
+            self.aside_fd = os.open(aside_name, _DIR_FLAGS, dir_fd=aside_dir)
+            owner.apply(self.aside_fd)
+            # descriptors stay valid when the folder is renamed into place
+            self._subs = make_maildir(self.aside_fd, self.shown, owner, marker=not is_inbox)
+        except BaseException:
+            self.abort()
+            raise
 
     def _letters_for(self, message: MessageRecord) -> dict[str, str]:
         for name in message.keywords:
@@ -219,24 +319,31 @@ class NewFolder:
 
     def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
-        write_file(self._dir_fds[sub], name, data, message.internaldate, self.owner, self.sync)
-        return self._placed(message, f"{sub}/{name}", len(data), False)
+        write_file(self._subs[sub], name, data, message.internaldate, self.owner, self.sync)
+        return self._placed(message, sub, name, len(data), False)
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
-        os.link(source.path(), name, dst_dir_fd=self._dir_fds[sub], follow_symlinks=False)
-        return self._placed(message, f"{sub}/{name}", 0, True)
+        link_to(source, self._subs[sub], name)
+        return self._placed(message, sub, name, 0, True)
 
-    def _placed(self, message: MessageRecord, relative: str, size: int, is_link: bool) -> Placed:
-        placed = Placed(self, relative)
-        self.placed.append((message, relative, placed, size, is_link))
+    def _placed(self, message: MessageRecord, sub: str, name: str, size: int,
+                is_link: bool) -> Placed:
+        placed = Placed(self, f"{sub}/{name}")
+        self.placed.append((message, sub, name, placed, size, is_link))
         return placed
 
-    def current_path(self, handle: str | Path) -> Path:
-        return self.aside / handle
+    def locate(self, handle: str) -> tuple[int, str, bool]:
+        sub, _, name = handle.partition("/")
+        if self._subs:
+            return self._subs[sub], name, False
+        return _reopen(self.root, self.parts, sub, name)
+
+    def shown_path(self, handle: str) -> Path:
+        return self.shown / handle
 
     def _uidlist_text(self) -> str:
-        with_uid = sorted((m.uid, m.key) for m, _, _, _, _ in self.placed if m.uid is not None)
+        with_uid = sorted((m.uid, m.key) for m, _, _, _, _, _ in self.placed if m.uid is not None)
         header = f"3 V{self.whole.uidvalidity} N{self.whole.next_uid}"
         if self.whole.guid:
             header += f" G{self.whole.guid}"
@@ -245,178 +352,251 @@ class NewFolder:
     def _keywords_text(self) -> str:
         return "".join(f"{i} {k}\n" for i, k in enumerate(self.keywords))
 
-    def _close_fds(self) -> None:
-        for fd in self._dir_fds.values():
-            os.close(fd)
-        self._dir_fds = {}
+    def _close(self) -> None:
+        close_all(self._subs)
+        for attr in ("aside_fd", "aside_dir", "target_dir"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
 
     def _count_all(self) -> None:
-        for _, _, _, size, is_link in self.placed:
+        for _, _, _, _, size, is_link in self.placed:
             self.landed.messages += 1
             self.landed.links += is_link
             self.landed.bytes += size
         self.landed.whole = True
-        self.placed = []    # committed: a Placed that outlives this needs only ``aside``
+        self.placed = []
 
     def commit(self) -> Landed:
         """Move the folder into place.  If it appeared meanwhile: still empty (Dovecot
         recreated it), the files go in under its lock; with mail, rule 2 takes them."""
-        self._close_fds()
         if self.whole.uidvalidity:
-            replace_file(self.aside, "dovecot-uidlist", self._uidlist_text(), self.owner)
+            replace_file(self.aside_fd, "dovecot-uidlist", self._uidlist_text(), self.owner,
+                         self.sync)
         if self.keywords:
-            replace_file(self.aside, "dovecot-keywords", self._keywords_text(), self.owner)
+            replace_file(self.aside_fd, "dovecot-keywords", self._keywords_text(), self.owner,
+                         self.sync)
         if self.whole.modseq is not None:
-            dovecot_modseq.seed_modseq(self.aside, self.whole.modseq, self.owner.uid,
+            dovecot_modseq.seed_modseq(self.aside_fd, self.whole.modseq, self.owner.uid,
                                        self.owner.gid, unseen=True)
         if self.sync:
-            _sync_dir(self.aside / "cur")
-            _sync_dir(self.aside)
+            for fd in (self._subs["cur"], self._subs["new"], self.aside_fd):
+                os.fsync(fd)
         try:
-            rename_noreplace(self.aside, self.target)
+            rename_noreplace(self.aside_dir, self.aside_name, self.target_dir, self.target_name,
+                             self.shown)
         except FileExistsError:
             return self._commit_into_existing()
         if self.sync:
-            _sync_dir(self.target.parent)
-        self.aside = self.target
+            os.fsync(self.target_dir)
         self._committed = True
         self._count_all()
+        self._close()
         return self.landed
 
     def _commit_into_existing(self) -> Landed:
-        lock = FolderLock(self.target, self.lock_timeout)
-        lock.acquire()
+        target_fd = open_subdir(self.target_dir, self.target_name, self.shown)
+        handed_over: ExistingFolder | None = None
         try:
-            if is_pristine(self.target):
-                moved: list[str] = []
-                try:
-                    for _, relative, _, _, _ in self.placed:
-                        os.rename(self.aside / relative, self.target / relative)
-                        moved.append(relative)
-                except BaseException:
-                    # interrupted: back where they came from, so the INBOX stays pristine and
-                    # the next run restores it whole
-                    for relative in moved:
-                        os.rename(self.target / relative, self.aside / relative)
-                    raise
-                if self.keywords:
-                    replace_file(self.target, "dovecot-keywords", self._keywords_text(), self.owner)
-                remove_index_files(self.target)
-                if self.whole.modseq is not None:
-                    seed = (self.target, self.whole.modseq, self.owner.uid, self.owner.gid)
-                    try:
-                        dovecot_modseq.seed_modseq(*seed)
-                    except FileExistsError:
-                        # Dovecot reopened the INBOX meanwhile (a session, a delivery): once
-                        # more, then without the seed rather than over a live log
-                        remove_index_files(self.target)
-                        try:
-                            dovecot_modseq.seed_modseq(*seed)
-                        except FileExistsError:
-                            pass
-                if self.whole.uidvalidity:
-                    replace_file(self.target, "dovecot-uidlist", self._uidlist_text(), self.owner)
-                handed_over = None
-            else:
-                handed_over = self._hand_over()
+            lock = FolderLock(anchored(target_fd), self.lock_timeout, shown=self.shown)
+            lock.acquire()
+            try:
+                if is_pristine(target_fd):
+                    self._fill_pristine(target_fd)
+                else:
+                    handed_over = self._hand_over(target_fd)
+                    target_fd = -1          # the rule-2 writer owns it now
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            if target_fd >= 0:
+                os.close(target_fd)
         if handed_over is not None:       # after the lock: rule 2 takes it itself
             self.landed = handed_over.commit()
             self.landed.merged = True
             return self.landed
-        shutil.rmtree(self.aside, ignore_errors=True)
-        self.aside = self.target
         self._committed = True
         self._count_all()
+        self._remove_aside()
         return self.landed
 
-    def _hand_over(self) -> "ExistingFolder":
+    def _fill_pristine(self, target_fd: int) -> None:
+        """An INBOX Dovecot recreated empty: the files go in one by one, then the control
+        files, the uidlist last.  Interrupted before the uidlist is written, every file
+        goes back aside, so the INBOX stays pristine and the next run restores it whole."""
+        target_subs = make_maildir(target_fd, self.shown, self.owner, marker=not self.is_inbox)
+        moved: list[tuple[str, str]] = []
+        try:
+            for _, sub, name, _, _, _ in self.placed:
+                os.rename(name, name, src_dir_fd=self._subs[sub], dst_dir_fd=target_subs[sub])
+                moved.append((sub, name))
+            if self.keywords:
+                replace_file(target_fd, "dovecot-keywords", self._keywords_text(), self.owner,
+                             self.sync)
+            remove_index_files(target_fd)
+            if self.whole.modseq is not None:
+                seed = (target_fd, self.whole.modseq, self.owner.uid, self.owner.gid)
+                try:
+                    dovecot_modseq.seed_modseq(*seed)
+                except FileExistsError:
+                    # Dovecot reopened the INBOX meanwhile (a session, a delivery): once
+                    # more, then without the seed rather than over a live log
+                    remove_index_files(target_fd)
+                    try:
+                        dovecot_modseq.seed_modseq(*seed)
+                    except FileExistsError:
+                        pass
+            if self.sync:
+                for fd in target_subs.values():
+                    os.fsync(fd)
+            if self.whole.uidvalidity:
+                replace_file(target_fd, "dovecot-uidlist", self._uidlist_text(), self.owner,
+                             self.sync)
+        except BaseException:
+            for sub, name in moved:
+                os.rename(name, name, src_dir_fd=target_subs[sub], dst_dir_fd=self._subs[sub])
+            raise
+        finally:
+            close_all(target_subs)
+
+    def _hand_over(self, target_fd: int) -> "ExistingFolder":
         """Dovecot created the folder and delivered to it meanwhile: the built messages are
         given to rule 2 (new UIDs); every ``Placed`` follows its file."""
-        other = ExistingFolder(self.target, self.owner, self.lock_timeout, True, self.sync,
-                               self.batch_size, self.is_inbox)
-        for message, relative, placed, size, is_link in self.placed:
-            placed.folder, placed.handle = other, other.adopt(message, self.aside / relative,
+        other = ExistingFolder(self.root, self.parts, target_fd, self.owner, self.lock_timeout,
+                               True, self.sync, self.batch_size, self.is_inbox)
+        for message, sub, name, placed, size, is_link in self.placed:
+            placed.folder, placed.handle = other, other.adopt(message, self._subs[sub], name,
                                                               size, is_link)
         self.placed = []
-        shutil.rmtree(self.aside, ignore_errors=True)
+        self._remove_aside()
         return other
+
+    def _remove_aside(self) -> None:
+        close_all(self._subs)
+        if self.aside_dir >= 0:
+            shutil.rmtree(self.aside_name, ignore_errors=True, dir_fd=self.aside_dir)
+        self._close()
 
     def abort(self) -> None:
         """Nothing of the folder reaches the store (an interrupted or invalid restore)."""
-        self._close_fds()
         if not self._committed:
-            shutil.rmtree(self.aside, ignore_errors=True)
+            self._remove_aside()
+        self._close()
+
+
+def link_to(source: Placed, dir_fd: int, name: str) -> None:
+    source_dir, source_name, owned = source.open_source()
+    try:
+        os.link(source_name, name, src_dir_fd=source_dir, dst_dir_fd=dir_fd,
+                follow_symlinks=False)
+    finally:
+        if owned:
+            os.close(source_dir)
 
 
 class ExistingFolder:
-    """Rule 2: add messages to a live folder under its lock, with fresh UIDs."""
+    """Rule 2: add messages to a live folder under its lock, with fresh UIDs.  Owns
+    ``folder_fd``, the folder's descriptor."""
 
-    def __init__(self, path: Path, owner: Owner, lock_timeout: float, check_existing: bool = True,
-                 sync: bool = False, batch_size: int = 500, is_inbox: bool = True) -> None:
-        self.path = path
+    def __init__(self, root: Path, parts: tuple[str, ...], folder_fd: int, owner: Owner,
+                 lock_timeout: float, check_existing: bool = True, sync: bool = False,
+                 batch_size: int = 500, is_inbox: bool = True) -> None:
+        self.root, self.parts = root, parts
+        self.shown = root.joinpath(*parts)
+        self.fd = folder_fd
         self.owner = owner
         self.lock_timeout = lock_timeout
         self.check_existing = check_existing
         self.sync = sync
         self.batch_size = batch_size
-        # message, its file in tmp/, bytes written, a hard link?
-        self.staged: list[tuple[MessageRecord, Path, int, bool]] = []
+        # message, its name in tmp/, bytes written, a hard link?
+        self.staged: list[tuple[MessageRecord, str, int, bool]] = []
         self.landed = Landed(merged=True)
-        self.moved: dict[Path, Path] = {}     # staged path -> where the message is now
+        self.moved: dict[str, tuple[str, str]] = {}     # staged name -> (sub, name) now
         self._counter = 0
-        make_maildir(path, owner, marker=not is_inbox)
-        clean_stale(path / "tmp")
-        self._tmp = str(path / "tmp")
+        self._subs: dict[str, int] = {}
+        try:
+            self._subs = make_maildir(folder_fd, self.shown, owner, marker=not is_inbox)
+            clean_stale(self._subs["tmp"])
+        except BaseException:
+            self._close()
+            raise
 
-    def current_path(self, handle: str | Path) -> Path:
-        return self.moved.get(Path(handle), Path(handle))
+    def locate(self, handle: str) -> tuple[int, str, bool]:
+        sub, name = self.moved.get(handle, ("tmp", handle))
+        if self._subs:
+            return self._subs[sub], name, False
+        return _reopen(self.root, self.parts, sub, name)
+
+    def shown_path(self, handle: str) -> Path:
+        sub, name = self.moved.get(handle, ("tmp", handle))
+        return self.shown / sub / name
 
     def _stage_name(self) -> str:
         self._counter += 1
         return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
 
     def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
-        path = Path(write_file(self._tmp, self._stage_name(), data, message.internaldate,
-                               self.owner, self.sync))
-        return Placed(self, self._stage(message, path, len(data), False))
+        name = write_file(self._subs["tmp"], self._stage_name(), data, message.internaldate,
+                          self.owner, self.sync)
+        return Placed(self, self._stage(message, name, len(data), False))
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
-        path = self.path / "tmp" / self._stage_name()
-        os.link(source.path(), path, follow_symlinks=False)
-        return Placed(self, self._stage(message, path, 0, True))
+        name = self._stage_name()
+        link_to(source, self._subs["tmp"], name)
+        return Placed(self, self._stage(message, name, 0, True))
 
-    def _stage(self, message: MessageRecord, path: Path, size: int, is_link: bool) -> Path:
+    def _stage(self, message: MessageRecord, name: str, size: int, is_link: bool) -> str:
         """Queue a file written to tmp/; a full batch goes in under the lock at once."""
-        self.staged.append((message, path, size, is_link))
+        self.staged.append((message, name, size, is_link))
         if len(self.staged) >= self.batch_size:
             self._commit_batch()
-        return path
+        return name
 
-    def adopt(self, message: MessageRecord, staged: Path, size: int, is_link: bool) -> Path:
+    def adopt(self, message: MessageRecord, source_dir: int, source_name: str, size: int,
+              is_link: bool) -> str:
         """Take a file staged elsewhere on the same file system (a NewFolder that lost)."""
-        path = self.path / "tmp" / self._stage_name()
-        os.rename(staged, path)
-        self.staged.append((message, path, size, is_link))
-        return path
+        name = self._stage_name()
+        os.rename(source_name, name, src_dir_fd=source_dir, dst_dir_fd=self._subs["tmp"])
+        self.staged.append((message, name, size, is_link))
+        return name
 
     def commit(self) -> Landed:
-        self._commit_batch()
+        try:
+            self._commit_batch()
+        finally:
+            if not self.staged:
+                self._close()
         return self.landed
 
     def abort(self) -> None:
         """Remove what is staged and not committed; committed batches stay (each message in
         them is complete, with its UID)."""
         staged, self.staged = self.staged, []
-        _unlink_staged(staged)
+        if self._subs:
+            self._unlink_staged(staged)
+        self._close()
+
+    def _close(self) -> None:
+        close_all(self._subs)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _unlink_staged(self, staged: list[tuple[MessageRecord, str, int, bool]]) -> None:
+        for _, name, _, _ in staged:
+            try:
+                os.unlink(name, dir_fd=self._subs["tmp"])
+            except FileNotFoundError:
+                pass
 
     def _commit_batch(self) -> None:
         """Move the staged messages in, under the lock, each with the next UID.  When the
         lock cannot be had, everything staged is removed and ``StoreLocked`` raised."""
         if not self.staged:
             return
-        lock = FolderLock(self.path, self.lock_timeout)
+        lock = FolderLock(anchored(self.fd), self.lock_timeout, shown=self.shown)
         try:
             lock.acquire()
         except StoreLocked:
@@ -426,106 +606,109 @@ class ExistingFolder:
         try:
             self._commit_locked(batch)
         except BaseException:
-            _unlink_staged(batch)           # what was not moved in goes (a rerun restores it)
+            self._unlink_staged(batch)      # what was not moved in goes (a rerun restores it)
             raise
         finally:
             lock.release()
 
-    def _commit_locked(self, batch: list[tuple[MessageRecord, Path, int, bool]]) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            current = uidlist.read(fd)
-            index_next = uidlist.index_next_uid(fd)
-        finally:
-            os.close(fd)
+    def _commit_locked(self, batch: list[tuple[MessageRecord, str, int, bool]]) -> None:
+        current = uidlist.read(self.fd)
+        index_next = uidlist.index_next_uid(self.fd)
         keywords = self._keywords()
         letters = keyword_letters(keywords)
         known = current.uids if current else {}
-        on_disk: dict[str, str] = {}
+        on_disk: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):
-            for name in os.listdir(self.path / sub):
-                on_disk.setdefault(name.partition(":")[0], f"{sub}/{name}")
+            for name in os.listdir(self._subs[sub]):
+                on_disk.setdefault(name.partition(":")[0], (sub, name))
         steps, next_uid = plan_merge(
             [message.key for message, _, _, _ in batch], known, on_disk,
             merge_next_uid(current.effective_next_uid if current else 1, index_next),
             self.check_existing)
+        tmp = self._subs["tmp"]
         lines: list[str] = []
         stale: set[str] = set()
         added_keywords = False
         for (message, staged, size, is_link), step in zip(batch, steps):
             if step.placement is Placement.ALREADY_THERE:
-                os.unlink(staged)           # it keeps its live flags
+                os.unlink(staged, dir_fd=tmp)           # it keeps its live flags
                 self.landed.already_there += 1
-                self.moved[staged] = self.path / on_disk[message.key]
+                self.moved[staged] = on_disk[message.key]
                 continue
             if step.drop_stale_line:
                 stale.add(message.key)
             if step.placement is Placement.ADOPT:
                 # its file is there (a delivery still in new/, or a killed run's): it only
                 # gets its UID, nothing of ours lands
-                os.unlink(staged)
-                final = self.path / on_disk[message.key]
+                os.unlink(staged, dir_fd=tmp)
+                sub, name = on_disk[message.key]
                 self.landed.already_there += 1
                 size, is_link = -1, False
             else:
-                for name in message.keywords:
-                    if name not in letters and len(keywords) < 26:
-                        keywords.append(name)
-                        letters[name] = chr(96 + len(keywords))
+                for keyword in message.keywords:
+                    if keyword not in letters and len(keywords) < 26:
+                        keywords.append(keyword)
+                        letters[keyword] = chr(96 + len(keywords))
                         added_keywords = True
                 sub, name = file_name(message, letters, as_seen=True)
                 if step.placement is Placement.COPY:
                     # -i: a second copy needs a base name of its own
                     name = name.replace(message.key, f"{message.key}.r{step.uid}", 1)
-                final = self.path / sub / name
-                os.rename(staged, final)
-                on_disk[message.key] = f"{sub}/{name}"
-            self.moved[staged] = final
-            lines.append(f"{step.uid} :{final.name.partition(':')[0]}")
+                os.rename(staged, name, src_dir_fd=tmp, dst_dir_fd=self._subs[sub])
+                on_disk[message.key] = (sub, name)
+            self.moved[staged] = (sub, name)
+            lines.append(f"{step.uid} :{name.partition(':')[0]}")
             if size >= 0:
                 self.landed.messages += 1
                 self.landed.links += is_link
                 self.landed.bytes += size
         if added_keywords:
-            replace_file(self.path, "dovecot-keywords",
-                         "".join(f"{i} {k}\n" for i, k in enumerate(keywords)), self.owner)
+            replace_file(self.fd, "dovecot-keywords",
+                         "".join(f"{i} {k}\n" for i, k in enumerate(keywords)), self.owner,
+                         self.sync)
         if lines:
             if self.sync:
-                _sync_dir(self.path / "cur")
+                os.fsync(self._subs["cur"])
             if stale and current is not None:
                 self._rewrite_without(stale, lines, next_uid)
             else:
                 self._append_lines(current, lines)
 
+    def _read_control(self, name: str) -> str | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read().decode("utf-8", errors="surrogateescape")
+
     def _rewrite_without(self, stale: set[str], lines: list[str], next_uid: int) -> None:
         """Replace the uidlist (as Dovecot does, by rename, under the lock) without the
         lines of the given base names, with the new lines added and N raised."""
-        text = (self.path / "dovecot-uidlist").read_text(encoding="utf-8", errors="surrogateescape")
+        text = self._read_control("dovecot-uidlist") or ""
         old = text.split("\n")
         if not text.endswith("\n"):
             old = old[:-1]          # an append in progress cannot happen: we hold the lock
         header = [f for f in old[0].split() if not f.startswith("N")]
         header.insert(1, f"N{next_uid}")
         kept = [line for line in old[1:] if line and line[line.rfind(":") + 1:] not in stale]
-        replace_file(self.path, "dovecot-uidlist",
-                     "\n".join([" ".join(header)] + kept + lines) + "\n", self.owner)
+        replace_file(self.fd, "dovecot-uidlist",
+                     "\n".join([" ".join(header)] + kept + lines) + "\n", self.owner, self.sync)
 
     def _keywords(self) -> list[str]:
-        try:
-            return parse_keywords_file((self.path / "dovecot-keywords").read_text(
-                encoding="utf-8", errors="replace"))
-        except FileNotFoundError:
-            return []
+        text = self._read_control("dovecot-keywords")
+        return [] if text is None else parse_keywords_file(text)
 
     def _append_lines(self, current: uidlist.Uidlist | None, lines: list[str]) -> None:
-        path = self.path / "dovecot-uidlist"
         if current is None:
             # Dovecot never wrote one: start it, with a UIDVALIDITY of its kind (a time)
             header = f"3 V{int(time.time())} N{int(lines[-1].split()[0]) + 1}"
-            replace_file(self.path, "dovecot-uidlist", header + "\n" + "\n".join(lines) + "\n",
-                         self.owner)
+            replace_file(self.fd, "dovecot-uidlist", header + "\n" + "\n".join(lines) + "\n",
+                         self.owner, self.sync)
             return
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+        fd = os.open("dovecot-uidlist", os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self.fd)
         try:
             size = os.fstat(fd).st_size
             prefix = ""
@@ -538,78 +721,63 @@ class ExistingFolder:
             os.close(fd)
 
 
-
-
-def _unlink_staged(staged: list[tuple[MessageRecord, Path, int, bool]]) -> None:
-    for _, path, _, _ in staged:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def is_pristine(path: Path) -> bool:
+def is_pristine(folder_fd: int) -> bool:
     """True when the folder has never handed out a UID: no uidlist (or next UID 1 and no
     line) and no message file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            current = uidlist.read(fd)
-        except uidlist.UidlistError:
-            return False
-    finally:
-        os.close(fd)
+        current = uidlist.read(folder_fd)
+    except uidlist.UidlistError:
+        return False
     if current is not None and (current.uids or current.effective_next_uid > 1):
         return False
     for sub in ("cur", "new"):
         try:
-            if any(not n.startswith(".") for n in os.listdir(path / sub)):
-                return False
+            fd = os.open(sub, _DIR_FLAGS, dir_fd=folder_fd)
         except FileNotFoundError:
-            pass
+            continue
+        except OSError:
+            return False            # a link or a file where cur/ should be: not ours to fill
+        try:
+            if any(not n.startswith(".") for n in os.listdir(fd)):
+                return False
+        finally:
+            os.close(fd)
     return True
 
 
-def clean_stale(directory: Path) -> None:
-    """Remove what a killed restore left in a ``tmp/``: ``ims-restore.<pid>.*`` of dead pids."""
+def clean_stale(dir_fd: int) -> None:
+    """Remove what a killed restore of this host left: ``[.]ims-restore.<pid>.<n>.<host>``
+    of dead pids.  Another host's files are never touched (its pids mean nothing here)."""
     try:
-        names = os.listdir(directory)
+        names = os.listdir(dir_fd)
     except FileNotFoundError:
         return
+    here = socket.gethostname()
     for name in names:
-        parts = name.lstrip(".").split(".")
+        parts = name.lstrip(".").split(".", 3)
         if len(parts) < 3 or parts[0] != "ims-restore" or not parts[1].isdigit():
+            continue
+        if len(parts) == 4 and parts[3] != here:
             continue
         pid = int(parts[1])
         if pid == os.getpid() or process_alive(pid):
             continue
-        path = directory / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-
-def remove_index_files(path: Path) -> None:
-    for name in INDEX_FILES:
         try:
-            os.unlink(path / name)
+            st = os.lstat(name, dir_fd=dir_fd)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def remove_index_files(folder_fd: int) -> None:
+    for name in INDEX_FILES:
+        try:
+            os.unlink(name, dir_fd=folder_fd)
+        except FileNotFoundError:
+            pass
 
 
 # -- the driver's StoreWriter ------------------------------------------------------------------
@@ -629,7 +797,7 @@ class MaildirWriter:
         self.batch_size = batch_size
         self._owners: dict[tuple[str, str], Owner] = {}
         self._partition_owners: dict[str, Owner] = {}
-        self._maildirs: dict[tuple[str, str], Path] = {}
+        self._maildirs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._counter = 0
 
     def has_partition(self, partition: str) -> bool:
@@ -642,34 +810,47 @@ class MaildirWriter:
         return self._owners[key]
 
     def _owner_from_store(self, partition: str, user: str) -> Owner:
-        maildir = self.store.maildir(partition, user)
-        for path in (maildir, maildir.parent):
+        root, parts = self._place(partition, user)
+        for levels in (parts, parts[:-1]):
             try:
-                st = os.lstat(path)
-                return Owner(st.st_uid, st.st_gid)
+                fd = open_dir_under(root, levels)
             except FileNotFoundError:
                 continue
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            return Owner(st.st_uid, st.st_gid)
         if partition not in self._partition_owners:
             st = os.stat(self.store.partition_dirs[partition])
             self._partition_owners[partition] = Owner(st.st_uid, st.st_gid)
         return self._partition_owners[partition]
 
-    def _maildir(self, partition: str, user: str) -> Path:
+    def _place(self, partition: str, user: str, folder: str = INBOX) -> tuple[Path, tuple[str, ...]]:
+        """The partition directory and the levels below it down to the folder."""
+        root = self.store.partition_dirs[partition]
         key = (partition, user)
         if key not in self._maildirs:
             if len(self._maildirs) > 1024:      # users come one after another
                 self._maildirs.clear()
-            self._maildirs[key] = self.store.maildir(partition, user)
-        return self._maildirs[key]
+            self._maildirs[key] = self.store.maildir(partition, user).relative_to(root).parts
+        parts = self._maildirs[key]
+        return root, parts if folder == INBOX else parts + (folder_to_dirname(folder),)
 
     def folder_path(self, partition: str, user: str, folder: str) -> Path:
-        maildir = self._maildir(partition, user)
-        return maildir if folder == INBOX else maildir / folder_to_dirname(folder)
+        root, parts = self._place(partition, user, folder)
+        return root.joinpath(*parts)
 
     def live_folder(self, partition: str, user: str, folder: str) -> LiveFolder:
-        path = self.folder_path(partition, user, folder)
-        exists = path.is_dir()
-        return LiveFolder(exists, is_pristine(path) if exists else True)
+        root, parts = self._place(partition, user, folder)
+        try:
+            fd = open_dir_under(root, parts)
+        except FileNotFoundError:
+            return LiveFolder(False, True)
+        try:
+            return LiveFolder(True, is_pristine(fd))
+        finally:
+            os.close(fd)
 
     def free_sibling(self, partition: str, user: str, folder: str, suffix: str) -> str:
         base = f"{folder}_{suffix}"
@@ -680,37 +861,68 @@ class MaildirWriter:
         return candidate
 
     def prepare_user(self, partition: str, user: str) -> None:
-        make_dirs(self.store.maildir(partition, user).parent, self.owner(partition, user))
+        root, parts = self._place(partition, user)
+        os.close(open_dir_under(root, parts[:-1], self.owner(partition, user)))
 
-    def _maildir_for(self, partition: str, user: str, folder: str) -> Path:
-        maildir = self._maildir(partition, user)
-        if folder != INBOX and not maildir.is_dir():
-            # an INBOX to hang the folder on
-            make_maildir(maildir, self.owner(partition, user), marker=False)
-        return maildir
+    def _open_maildir(self, partition: str, user: str) -> tuple[int, dict[str, int]]:
+        """The user's Maildir (an INBOX to hang folders on), made when missing."""
+        root, parts = self._place(partition, user)
+        fd = open_dir_under(root, parts, self.owner(partition, user))
+        try:
+            return fd, make_maildir(fd, root.joinpath(*parts), self.owner(partition, user),
+                                    marker=False)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def restore_whole(self, partition: str, user: str, folder: str,
                       whole: WholeFolder) -> NewFolder:
-        maildir = self._maildir_for(partition, user, folder)
+        root, parts = self._place(partition, user, folder)
+        owner = self.owner(partition, user)
         self._counter += 1
-        aside_dir = maildir.parent if folder == INBOX else maildir / "tmp"
-        aside = aside_dir / f".ims-restore.{os.getpid()}.{self._counter}"
-        return NewFolder(self.folder_path(partition, user, folder), aside,
-                         self.owner(partition, user), whole, folder == INBOX, self.lock_timeout,
-                         self.sync, self.batch_size)
+        aside_name = f".ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
+        if folder == INBOX:
+            target_dir = open_dir_under(root, parts[:-1], owner)
+            aside_dir = os.dup(target_dir)
+        else:
+            target_dir, subs = self._open_maildir(partition, user)
+            aside_dir = subs.pop("tmp")
+            close_all(subs)
+        return NewFolder(root, parts, target_dir, parts[-1], aside_dir, aside_name, owner,
+                         whole, folder == INBOX, self.lock_timeout, self.sync, self.batch_size)
 
     def add_to_folder(self, partition: str, user: str, folder: str,
                       check_existing: bool) -> ExistingFolder:
-        self._maildir_for(partition, user, folder)
-        return ExistingFolder(self.folder_path(partition, user, folder),
-                              self.owner(partition, user), self.lock_timeout, check_existing,
-                              self.sync, self.batch_size, folder == INBOX)
+        if folder != INBOX:
+            fd, subs = self._open_maildir(partition, user)
+            close_all(subs)
+            os.close(fd)
+        root, parts = self._place(partition, user, folder)
+        fd = open_dir_under(root, parts, self.owner(partition, user))
+        return ExistingFolder(root, parts, fd, self.owner(partition, user), self.lock_timeout,
+                              check_existing, self.sync, self.batch_size, folder == INBOX)
 
     def add_subscriptions(self, partition: str, user: str, names: list[str]) -> None:
-        maildir = self.store.maildir(partition, user)
-        if names and maildir.is_dir():
-            merge_subscriptions(maildir, names, self.owner(partition, user),
-                                lock_timeout=self.lock_timeout)
+        if not names:
+            return
+        root, parts = self._place(partition, user)
+        try:
+            fd = open_dir_under(root, parts)
+        except FileNotFoundError:
+            return
+        try:
+            merge_subscriptions(anchored(fd), names, self.owner(partition, user),
+                                lock_timeout=self.lock_timeout, sync=self.sync,
+                                shown=root.joinpath(*parts))
+        finally:
+            os.close(fd)
 
     def read_file(self, restored: Placed) -> bytes:
-        return restored.path().read_bytes()
+        dir_fd, name, owned = restored.open_source()
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            if owned:
+                os.close(dir_fd)
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()

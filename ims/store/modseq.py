@@ -40,6 +40,7 @@ if seeded) and ``OSError`` for other failures, leaving no partial log behind.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import sys
 import time
@@ -296,7 +297,8 @@ def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int,
             _COMPAT_LITTLE_ENDIAN if sys.byteorder == "little" else 0, 0)
         # Not a dot name (in the Maildir root that would look like a folder to a lister);
         # the restore's stale-file cleaner knows ims-restore.<pid>.* of dead processes.
-        temp = LOG_NAME if unseen else f"ims-restore.{os.getpid()}.modseq-seed"
+        temp = LOG_NAME if unseen else \
+            f"ims-restore.{os.getpid()}.modseq-seed.{socket.gethostname()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
         try:

@@ -138,14 +138,15 @@ def read_subscriptions(maildir: Path, separator: str = ".") -> list[str]:
 
 
 def merge_subscriptions(maildir: Path, names: list[str], owner: Owner, *,
-                        separator: str = ".", lock_timeout: float = DEFAULT_TIMEOUT) -> None:
+                        separator: str = ".", lock_timeout: float = DEFAULT_TIMEOUT,
+                        sync: bool = False, shown: Path | None = None) -> None:
     """Add the names not yet in ``<maildir>/subscriptions``, keeping the file's format and
     its lines; nothing is written when every name is there already.  Names the format
     cannot hold are left out."""
     # imported here: maildir_write imports ims.store.maildir, which imports this module
     from ims.store.maildir_write import replace_file
 
-    with FolderLock(maildir, lock_timeout, name=LOCK_NAME):
+    with FolderLock(maildir, lock_timeout, name=LOCK_NAME, shown=shown):
         text = _read(maildir / FILE_NAME)
         v2 = text is None or text.startswith(V2_HEADER)
         present = set(parse_subscriptions(text or "", separator))
@@ -165,7 +166,12 @@ def merge_subscriptions(maildir: Path, names: list[str], owner: Owner, *,
             header = V2_HEADER if v2 else ""
             lines = text[len(header):].split("\n")[:-1]
             kept = header + "".join(line + "\n" for line in lines if _is_utf8(line))
-        replace_file(maildir, FILE_NAME, kept + "".join(line + "\n" for line in added), owner)
+        dir_fd = os.open(maildir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            replace_file(dir_fd, FILE_NAME, kept + "".join(line + "\n" for line in added),
+                         owner, sync)
+        finally:
+            os.close(dir_fd)
 
 
 def _is_utf8(line: str) -> bool:
