@@ -75,7 +75,17 @@ def open_output(name: str) -> OutputDevice:
             raise DeviceError(f"{name}: cannot open device: {exc.strerror}") from None
     temp = name + ".partial"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # a stale .partial (a failed run's, or a link someone planted) is removed, never
+        # followed, and the new one is ours alone: created exclusively, mode 0600
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise DeviceError(f"{temp}: cannot remove the stale partial file: {exc.strerror}") from None
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        os.fchmod(fd, 0o600)      # whatever the umask
     except OSError as exc:
         raise DeviceError(f"{temp}: cannot create: {exc.strerror}") from None
     return OutputDevice(fd, name, final_path=name, temp_path=temp)

@@ -283,3 +283,24 @@ def test_configutil_lists_prints_and_sets(tmp_path):
     (config / "msg.conf").write_text("broken line\n")
     result = run_cmd("configutil", "-o", "x.y", config_dir=config)
     assert result.returncode == 2 and b"msg.conf:1:" in result.stderr
+
+
+def test_a_planted_partial_link_is_replaced_not_followed(sample_store, tmp_path):
+    victim = tmp_path / "root-only"
+    victim.write_bytes(b"precious\n")
+    victim.chmod(0o600)
+    target = tmp_path / "full.ims"
+    Path(str(target) + ".partial").symlink_to(victim)
+    run_cmd("imsbackup", "-f", str(target), "/", config_dir=sample_store / "config", check_rc=0)
+    assert victim.read_bytes() == b"precious\n"
+    assert target.is_file() and not target.is_symlink()
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stale_partial_with_a_loose_mode_does_not_lend_it(sample_store, tmp_path):
+    target = tmp_path / "full.ims"
+    stale = Path(str(target) + ".partial")
+    stale.write_bytes(b"old run")
+    stale.chmod(0o644)
+    run_cmd("imsbackup", "-f", str(target), "/", config_dir=sample_store / "config", check_rc=0)
+    assert target.stat().st_mode & 0o777 == 0o600
