@@ -74,7 +74,8 @@ class RestoreReport:
     stopped: bool = False       # the run ended early on purpose (-c n, a lock timeout)
     seconds: float = 0.0
 
-    def add(self, landed: Landed) -> None:
+    def add(self, landed: Landed, logical: str) -> None:
+        self.skipped.extend(f"{logical}/{line}" for line in landed.refused)
         self.messages += landed.messages
         self.links += landed.links
         self.bytes += landed.bytes
@@ -276,22 +277,22 @@ class Engine:
         if folder is None or folder.writer is None:
             return
         try:
-            self.report.add(folder.writer.commit())
+            self.report.add(folder.writer.commit(), folder.logical)
         except StoreLocked as exc:
             folder.writer.abort()
-            self.report.add(folder.writer.landed)
+            self.report.add(folder.writer.landed, folder.logical)
             self.report.locked.append(str(exc))
             log.error("%s", exc)
             raise Stop() from None
         except OSError as exc:
             folder.writer.abort()
-            self.report.add(folder.writer.landed)
+            self.report.add(folder.writer.landed, folder.logical)
             self._error(self.report.skipped, f"{folder.logical}: {_reason(exc)}")
 
     def _discard_folder(self, folder: _Folder) -> None:
         if folder.writer is not None:
             folder.writer.abort()
-            self.report.add(folder.writer.landed)
+            self.report.add(folder.writer.landed, folder.logical)
             folder.writer = None
         folder.dead = True
 
@@ -301,7 +302,7 @@ class Engine:
         self._user = None
         if folder is not None and folder.writer is not None:
             folder.writer.abort()
-            self.report.add(folder.writer.landed)
+            self.report.add(folder.writer.landed, folder.logical)
 
     # -- messages --------------------------------------------------------------------------
 

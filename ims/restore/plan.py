@@ -26,7 +26,6 @@ restored at all and is named.
 from __future__ import annotations
 
 import enum
-import errno
 import time
 from dataclasses import dataclass
 from typing import Container, Sequence
@@ -116,16 +115,15 @@ def plan_message_source(name: str, is_link: bool, linkname: str, restored: Conta
     return Source.FETCH if seekable else Source.UNRESOLVED
 
 
-class UidsExhausted(OSError):
-    """A live folder has no UIDs left for the messages to add: Dovecot cannot go past
-    ``UID_MAX`` (restore into a new folder with ``-n`` instead)."""
-
-
 class Placement(enum.Enum):
     NEW = "new"                   # the staged file goes in with the next UID
     ALREADY_THERE = "already"     # the folder has it: the staged file is dropped
     ADOPT = "adopt"               # its file is there without a UID: it gets one, staged dropped
     COPY = "copy"                 # -i: a second copy, under a base name of its own
+    NO_ROOM = "no-room"           # no UID left below UID_MAX: not added, named (use -n)
+
+NO_ROOM_REASON = (f"not added: the folder has no UIDs left (Dovecot's last is {UID_MAX});"
+                  " restore with -n into a new folder")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,21 +142,22 @@ def plan_merge(keys: Sequence[str], listed: Container[str], on_disk: Container[s
     for key in keys:
         has_line = key in listed and key not in placed
         has_file = key in on_disk or key in placed
-        if has_line and not has_file:
-            steps.append(MergeStep(Placement.NEW, next_uid, drop_stale_line=True))
-        elif check_existing and (has_line or key in placed):
+        if check_existing and (has_line and has_file or key in placed):
             steps.append(MergeStep(Placement.ALREADY_THERE, None))
             continue
+        if next_uid > UID_MAX:
+            # what fits has gone in; each message past the last UID is named, none lost
+            # in silence and none given a UID Dovecot would refuse
+            steps.append(MergeStep(Placement.NO_ROOM, None))
+            continue
+        if has_line and not has_file:
+            steps.append(MergeStep(Placement.NEW, next_uid, drop_stale_line=True))
         elif check_existing and has_file:
             steps.append(MergeStep(Placement.ADOPT, next_uid))
         elif has_file:
             steps.append(MergeStep(Placement.COPY, next_uid))
         else:
             steps.append(MergeStep(Placement.NEW, next_uid))
-        if next_uid > UID_MAX:
-            raise UidsExhausted(errno.EOVERFLOW, f"the folder has no UIDs left (its next UID"
-                                f" would be {next_uid}, Dovecot's last is {UID_MAX});"
-                                " restore with -n into a new folder")
         placed.add(key)
         next_uid += 1
     return steps, next_uid

@@ -129,6 +129,7 @@ class Landed:
     already_there: int = 0       # rule 2: the folder had them; left as they are
     whole: bool = False          # the folder came back whole (rule 1)
     merged: bool = False         # messages were added to a live folder (rule 2)
+    refused: list[str] = field(default_factory=list)   # "<key>: why", each not added
 
 
 class RestoredFile(Protocol):

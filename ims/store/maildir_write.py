@@ -57,7 +57,7 @@ from pathlib import Path
 
 from ims.archive.records import MessageRecord
 from ims.errors import StoreLocked
-from ims.restore.plan import Placement, merge_next_uid, plan_merge
+from ims.restore.plan import NO_ROOM_REASON, Placement, merge_next_uid, plan_merge
 from ims.store import modseq as dovecot_modseq
 from ims.store import uidlist
 from ims.store.base import Landed, LiveFolder, WholeFolder
@@ -630,6 +630,10 @@ class ExistingFolder:
         stale: set[str] = set()
         added_keywords = False
         for (message, staged, size, is_link), step in zip(batch, steps):
+            if step.placement is Placement.NO_ROOM:
+                os.unlink(staged, dir_fd=tmp)
+                self.landed.refused.append(f"{message.key}: {NO_ROOM_REASON}")
+                continue
             if step.placement is Placement.ALREADY_THERE:
                 os.unlink(staged, dir_fd=tmp)           # it keeps its live flags
                 self.landed.already_there += 1

@@ -202,12 +202,16 @@ def test_message_record_rejects_bad_values(pax, words):
 
 
 def test_merge_never_hands_out_a_uid_dovecot_refuses():
-    from ims.restore.plan import UidsExhausted
     steps, next_uid = plan_merge(["a"], listed=set(), on_disk=set(), next_uid=UID_MAX,
                                  check_existing=True)
     assert steps[0].uid == UID_MAX == 2**32 - 2
-    with pytest.raises(UidsExhausted, match="no UIDs left"):
-        plan_merge(["a", "b"], listed=set(), on_disk=set(), next_uid=UID_MAX, check_existing=True)
+    # what fits goes in; each message past the last UID is refused by name, none dropped
+    # with the batch, and a message already there still counts as there
+    steps, next_uid = plan_merge(["a", "b", "c", "d"], listed={"c"}, on_disk={"c"},
+                                 next_uid=UID_MAX, check_existing=True)
+    assert [s.placement for s in steps] == [Placement.NEW, Placement.NO_ROOM,
+                                            Placement.ALREADY_THERE, Placement.NO_ROOM]
+    assert steps[0].uid == UID_MAX and steps[1].uid is None and next_uid == UID_MAX + 1
 
 
 def test_whole_folder_next_uid_stays_where_dovecot_can_still_hand_one_out():
