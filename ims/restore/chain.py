@@ -155,10 +155,13 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                 # renamed between backups is found under its old name
                 folder_key = (state.partition, state.user, state.folder)
                 identity_key = (state.partition, state.user, state.identity)
-                if state.unchanged and folder_key not in chain.states \
-                        and state.identity is not None and identity_key in chain.by_identity:
+                known = chain.states.get(folder_key)
+                if state.unchanged and state.identity is not None \
+                        and identity_key in chain.by_identity \
+                        and (known is None or known.identity != state.identity):
                     # renamed since its last listing: cur/ and new/ did not change, so the
-                    # backup saw nothing; the folder is the one with the same identity
+                    # backup saw nothing; the folder is the one with the same identity,
+                    # also when a folder deleted meanwhile had this name (identity wins)
                     earlier = chain.by_identity[identity_key]
                     chain.states[folder_key] = dataclasses.replace(earlier, folder=state.folder)
                 elif not state.unchanged or folder_key not in chain.states:
@@ -195,12 +198,24 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                 f"{gone.logical}: not in the last backup of the chain (deleted before it):"
                 " not restored; restore it from an earlier archive alone to bring it back")
         for user in chain.users:
+            now_named: dict[int, str] = {}       # identity -> the folder's last name
+            for folder in user.folders:
+                current = chain.states.get((user.partition, user.user, folder))
+                if current is not None and current.identity is not None:
+                    now_named[current.identity] = folder
             for partition, name, folder in sorted(chain.states):
                 if (partition, name) != (user.partition, user.user) or folder in user.folders:
                     continue
                 if any(p.folder is not None and p.user_matches(partition, user.group, name)
                        and p.folder_matches(folder) for p in engine.options.patterns):
                     engine.mark_hits(partition, user.group, name, folder)
+                    identity = chain.states[(partition, name, folder)].identity
+                    if identity is not None and identity in now_named:
+                        engine.report.notes.append(
+                            f"{user.logical}/{folder}: renamed to {now_named[identity]} before the"
+                            " last backup of the chain: not restored under its old name;"
+                            f" restore {user.logical}/{now_named[identity]}")
+                        continue
                     engine.report.notes.append(
                         f"{user.logical}/{folder}: not in the last backup of the chain (deleted"
                         " before it): not restored; restore it from an earlier archive alone to"
