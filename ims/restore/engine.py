@@ -177,6 +177,9 @@ class Engine:
         self.mark_hits(record.partition, record.group, record.user, None)
         partition = self.options.partition or record.partition
         if not self.store.has_partition(partition):
+            # the folders named are found, and left for this reason, not "not in the archive"
+            for folder in record.folders:
+                self.mark_hits(record.partition, record.group, record.user, folder)
             self._error(self.report.skipped, f"{record.logical}: partition {partition!r} is not"
                         " configured here; use --partition")
             return
