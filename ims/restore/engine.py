@@ -348,6 +348,14 @@ class Engine:
             log.error("%s", exc)
             raise Stop() from None
         except OSError as exc:
+            if folder.plan.action is Action.WHOLE:
+                # a folder comes back whole or not at all: with a message missing it would
+                # exist, and the next run could only add that message with a new UID
+                self._discard_folder(folder)
+                self._error(self.report.skipped, f"{folder.logical}/{record.key}: {_reason(exc)};"
+                            f" folder {folder.logical} not restored (run the restore again once"
+                            " the cause is fixed: it comes back whole)")
+                return
             self._error(self.report.skipped, f"{folder.logical}/{record.key}: {_reason(exc)}")
 
     def _place(self, folder: _Folder, record: MessageRecord, name: str, linkname: str,

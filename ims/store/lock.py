@@ -1,8 +1,11 @@
 """Dovecot's ``dovecot-uidlist.lock`` dotlock, taken the way Dovecot takes it.
 
-The lock file is created with O_EXCL and holds ``<pid>:<hostname>``.  A lock whose pid is a
-dead process on this host and that is at least 2 s old is stale and is removed (Dovecot does
-the same); a lock of a live process, or of another host, is never broken: the caller waits
+The lock file holds ``<pid>:<hostname>``; it is written complete under a temporary name in
+the folder's ``tmp/`` and hard-linked to its name (as Dovecot does), so a run killed or out
+of space never leaves an empty lock.  A lock whose pid is a dead process on this host and
+that is at least 2 s old is stale and is removed (Dovecot does the same), as is one that
+names no holder and is older than Dovecot's stale timeout (2 minutes); a lock of a live
+process, or of another host, is never broken: the caller waits
 up to ``timeout`` seconds, then gets ``StoreLocked`` (exit 3).  Release removes the file only
 if it is still ours (same inode), so a lock broken and retaken by someone else survives.
 
@@ -23,6 +26,7 @@ from ims.errors import StoreLocked
 
 LOCK_NAME = "dovecot-uidlist.lock"
 STALE_DEAD_PID_AGE = 2.0
+STALE_UNKNOWN_AGE = 120.0     # Dovecot's dotlock stale timeout for dovecot-uidlist.lock
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -42,24 +46,65 @@ class FolderLock:
         deadline = time.monotonic() + self.timeout
         delay = 0.01
         while True:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o666)
-            except FileExistsError:
-                if self._remove_if_stale():
-                    continue
-                if time.monotonic() >= deadline:
-                    raise StoreLocked(f"{self.shown}: held by {self._holder()} for more than"
-                                      f" {self.timeout:.0f} s; store locked") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            if self._try_create(me):
+                return
+            if self._remove_if_stale():
                 continue
+            if time.monotonic() >= deadline:
+                raise StoreLocked(f"{self.shown}: held by {self._holder()} for more than"
+                                  f" {self.timeout:.0f} s; store locked") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _try_create(self, content: bytes) -> bool:
+        """Create the lock complete, as Dovecot does: written under a temporary name in the
+        folder's ``tmp/``, then hard-linked to its name, so that no run killed (or out of
+        space) between create and write leaves an empty lock behind."""
+        tmp = self.path.parent / "tmp"
+        temp = tmp / f"ims-restore.{os.getpid()}.lock.{socket.gethostname()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, 0o600)
+        except FileExistsError:
+            os.unlink(temp)         # our own pid's: a lock attempt interrupted earlier
+            fd = os.open(temp, flags, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            return self._create_in_place(content)       # a folder without tmp/
+        try:
             try:
-                os.write(fd, me)
-                self.inode = os.fstat(fd).st_ino
+                if os.write(fd, content) != len(content):
+                    raise OSError(errno.ENOSPC, "short write of the lock file")
+                inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
-            return
+            try:
+                os.link(temp, self.path, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            self.inode = inode
+            return True
+        finally:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+
+    def _create_in_place(self, content: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            if os.write(fd, content) != len(content):
+                raise OSError(errno.ENOSPC, "short write of the lock file")
+            self.inode = os.fstat(fd).st_ino
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.path)
+            raise
+        os.close(fd)
+        return True
 
     def _read_holder(self) -> tuple[os.stat_result, str]:
         """The lock file's status and content: a regular file only, never through a link,
@@ -87,12 +132,21 @@ class FolderLock:
             return True
         except OSError:
             return False
-        if host != socket.gethostname() or not pid.isdigit():
+        age = time.time() - st.st_mtime
+        if not pid.isdigit():
+            # no holder recorded (a lock cut short by a crash, or not ours): Dovecot takes
+            # such a lock over once it is older than its stale timeout, and so do we
+            return age >= STALE_UNKNOWN_AGE and self._unlink_if_same(st.st_ino)
+        if host != socket.gethostname():
             return False
-        if time.time() - st.st_mtime < STALE_DEAD_PID_AGE or process_alive(int(pid)):
+        if age < STALE_DEAD_PID_AGE or process_alive(int(pid)):
             return False
+        return self._unlink_if_same(st.st_ino)
+
+    def _unlink_if_same(self, inode: int) -> bool:
+        """Remove the lock if it is still the file judged stale; True either way (retry)."""
         try:
-            if os.lstat(self.path).st_ino == st.st_ino:
+            if os.lstat(self.path).st_ino == inode:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass

@@ -324,7 +324,7 @@ class NewFolder:
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
-        link_to(source, self._subs[sub], name)
+        link_to(source, self._subs[sub], name, self.owner)
         return self._placed(message, sub, name, 0, True)
 
     def _placed(self, message: MessageRecord, sub: str, name: str, size: int,
@@ -485,9 +485,15 @@ class NewFolder:
         self._close()
 
 
-def link_to(source: Placed, dir_fd: int, name: str) -> None:
+def link_to(source: Placed, dir_fd: int, name: str, owner: Owner) -> None:
+    """A hard link to a file restored earlier in this run, when it has this folder's owner;
+    otherwise EXDEV, and the caller copies the bytes (one user's inode in another user's
+    Maildir would be unreadable to the one and writable by the other)."""
     source_dir, source_name, owned = source.open_source()
     try:
+        st = os.stat(source_name, dir_fd=source_dir, follow_symlinks=False)
+        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (owner.uid, owner.gid):
+            raise OSError(errno.EXDEV, "the first copy belongs to another owner")
         os.link(source_name, name, src_dir_fd=source_dir, dst_dir_fd=dir_fd,
                 follow_symlinks=False)
     finally:
@@ -544,7 +550,7 @@ class ExistingFolder:
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
         name = self._stage_name()
-        link_to(source, self._subs["tmp"], name)
+        link_to(source, self._subs["tmp"], name, self.owner)
         return Placed(self, self._stage(message, name, 0, True))
 
     def _stage(self, message: MessageRecord, name: str, size: int, is_link: bool) -> str:
