@@ -5,7 +5,9 @@
 ``os._exit`` (never running the parent's exit handlers or flushing its stdout, which may be
 the archive).  ``Channel`` carries length-prefixed pickles one way and one-byte slot numbers
 back; ``slots`` are shared anonymous mappings that carry message bytes without copying them
-through the socket.  ``stop()`` kills and reaps the child by its pid.
+through the socket (a message larger than a slot goes in slot-sized chunks, never pickled
+whole).  Frame lengths are 64-bit: a folder listing of millions of messages is one frame.
+``stop()`` kills and reaps the child by its pid.
 
 Failure behaviour: ``Channel.receive`` returns None when the other side is gone;
 ``take_slot`` raises EOFError then.  A send to a process that has gone raises OSError.
@@ -21,7 +23,7 @@ import socket
 import struct
 from typing import Any, Callable
 
-_LENGTH = struct.Struct("!I")
+_LENGTH = struct.Struct("!Q")
 
 
 class Channel:
@@ -47,7 +49,8 @@ class Channel:
         buffer = self._buffer
         while len(buffer) < count:
             try:
-                chunk = self.sock.recv(max(count - len(buffer), 1 << 16))
+                # at most 1 MiB asked for at a time: recv allocates what it is asked for
+                chunk = self.sock.recv(min(max(count - len(buffer), 1 << 16), 1 << 20))
             except ConnectionError:         # the other process died (killed, out of memory)
                 return None
             if not chunk:

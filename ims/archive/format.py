@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from ims.archive import limits
+
 BLOCK = 512
 FORMAT_NAME = "ims-archive"
 FORMAT_VERSION = 1
@@ -185,6 +187,11 @@ def member_headers(name: str | bytes, size: int, mtime: int, typeflag: bytes,
         extra += pax_kv(b"mtime=%d" % mtime)
         mtime = 0
     payload = extra + (pax_records(records) if records else b"") + encoded
+    if len(payload) > limits.MAX_PAX_PAYLOAD:
+        raise limits.LimitExceeded(
+            f"member {raw_name.decode('utf-8', 'replace')}: its pax header would hold"
+            f" {len(payload)} bytes, more than the {limits.MAX_PAX_PAYLOAD} a reader accepts;"
+            " the archive is incomplete (no trailer)")
     main = ustar_header(split[1], size, mtime, typeflag, raw_link, uid=uid, gid=gid,
                         prefix=split[0])
     if not payload:

@@ -7,10 +7,17 @@ bytes in shared-memory slots; the parent only writes files.  It has the interfac
 ``ArchiveReader`` that the restore engine uses for a stream (``read_header``, ``members``,
 ``read_data``, ``header``, ``trailer``, ``seekable``), so the restore rules are not touched.
 
+A message larger than a slot is not pickled: its entry ends a batch, and its bytes follow
+as ``chunk`` items, one slot each, ended by ``chunk_end`` with the digest's verdict.  The
+parent collects them when the restore asks for the data (in memory up to
+``limits.MESSAGE_IN_MEMORY``, else in a temporary file it maps) and drains them otherwise,
+so no frame on the channel carries more than a batch's metadata.
+
 Failure behaviour: the child's ``ArchiveDamaged``/``Incomplete``/``DeviceError`` are raised in
-the parent where the sequential reader would raise them (``members``); a damaged message
-raises ``MemberDamaged`` from ``read_data``; a child that dies is an ``Incomplete`` stream.
-The parent reaps the child (its own pid) in ``close``.
+the parent where the sequential reader would raise them (``members``, or ``read_data`` in
+the middle of a large message); a damaged message raises ``MemberDamaged`` from
+``read_data``; a child that dies is an ``Incomplete`` stream.  The parent reaps the child
+(its own pid) in ``close``.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import time
 from typing import Any, Iterator
 
 from ims.archive import format as fmt
+from ims.archive import limits
 from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
-                               decode_record)
+                               decode_record, spool)
 from ims.archive.records import ArchiveHeader, TrailerRecord
 from ims.errors import ArchiveDamaged, DeviceError
 from ims.helper import Channel, HelperProcess
@@ -31,6 +39,7 @@ SLOTS = 3
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 256
 STALL_SECONDS = 0.2
+LARGE = ("large",)      # a message's data ref: its bytes follow the batch in chunks
 _ERRORS = {"Incomplete": Incomplete, "ArchiveDamaged": ArchiveDamaged, "DeviceError": DeviceError}
 
 
@@ -44,8 +53,9 @@ class PrefetchReader:
         self.helper = HelperProcess(SLOTS, SLOT_SIZE)
         self.views = self.helper.views
         self.channel = self.helper.start(lambda channel: self._child(channel, fd, blocking_factor))
-        self._data: dict[int, Any] = {}   # id(member) -> slot ref, inline bytes or error
+        self._data: dict[int, Any] = {}   # id(member) -> slot ref, LARGE or error
         self._slot: int | None = None
+        self._chunks_pending = False      # a large message's chunks are next on the channel
 
     # -- parent ------------------------------------------------------------------------
 
@@ -89,8 +99,11 @@ class PrefetchReader:
                     member.record, member.invalid = decoded   # alongside this one's writing
                 if data is not None:
                     self._data[id(member)] = data
+                    self._chunks_pending = data == LARGE
                 yield member
                 self._data.pop(id(member), None)
+                if self._chunks_pending:        # not read by the restore: drained
+                    self._drain()
 
     def _release(self) -> None:
         if self._slot is not None:
@@ -101,12 +114,44 @@ class PrefetchReader:
         ref = self._data.pop(id(member), None)
         if ref is None:
             raise ArchiveDamaged(f"{self.device_name}: {member.name}: no data")
+        if ref == LARGE:
+            if member.size > limits.MESSAGE_IN_MEMORY:
+                return spool(self._chunk_items(), f"{self.device_name}: {member.name}")
+            collected = bytearray()
+            for chunk in self._chunk_items():
+                collected += chunk
+            return memoryview(collected)
         if isinstance(ref, str):
             raise MemberDamaged(ref)
-        if isinstance(ref, bytes):
-            return memoryview(ref)
         slot, start, length = ref
         return self.views[slot][start:start + length]
+
+    def _drain(self) -> None:
+        try:
+            for _ in self._chunk_items():
+                pass
+        except MemberDamaged:
+            pass                    # a message the restore did not ask for
+
+    def _chunk_items(self) -> Iterator[memoryview]:
+        """A large message's bytes as the child sends them; raises ``MemberDamaged`` after
+        the last one when its digest did not match."""
+        self._release()             # the batch before it is done with: the child needs slots
+        while self._chunks_pending:
+            item = self._receive()
+            if item[0] == "error":
+                self._chunks_pending = False
+                self._raise(item)
+            if item[0] == "chunk_end":
+                self._chunks_pending = False
+                if item[1] is not None:
+                    raise MemberDamaged(item[1])
+                return
+            _, slot, length = item
+            try:
+                yield self.views[slot][:length]
+            finally:
+                self.channel.give_slot(slot)
 
     def close(self) -> None:
         self.helper.stop()
@@ -145,6 +190,27 @@ class PrefetchReader:
             with lock:
                 batch["waiting_since"] = time.monotonic() if on else None
 
+        def send_chunks(member: Member) -> None:
+            """A large message's bytes, a slot at a time, then the digest's verdict."""
+            slot, used, verdict = None, 0, None
+            try:
+                for chunk in reader.iter_data(member):
+                    if slot is not None and used + len(chunk) > SLOT_SIZE:
+                        with lock:
+                            channel.send(("chunk", slot, used))
+                        slot, used = None, 0
+                    if slot is None:
+                        with lock:
+                            slot = take_slot()
+                    self.views[slot][used:used + len(chunk)] = chunk
+                    used += len(chunk)
+            except MemberDamaged as exc:
+                verdict = str(exc)
+            with lock:
+                if slot is not None:
+                    channel.send(("chunk", slot, used))
+                channel.send(("chunk_end", verdict))
+
         try:
             channel.send(("header", reader.read_header()))
             with lock:
@@ -157,31 +223,38 @@ class PrefetchReader:
                 if member is None:
                     break
                 data = None
-                data_ref: tuple[int, int, int] | str | bytes | None = None
-                if member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR:
-                    try:
-                        data = reader.read_data(member)
-                    except MemberDamaged as exc:
-                        data_ref = str(exc)
+                data_ref: tuple | str | None = None
+                large = False
+                # an invalid message's data is never asked for: the reader skips it
+                if member.kind == fmt.MESSAGE and member.typeflag == fmt.REGULAR \
+                        and member.invalid is None:
+                    if member.size > SLOT_SIZE:
+                        large = True
+                    else:
+                        try:
+                            data = reader.read_data(member)
+                        except MemberDamaged as exc:
+                            data_ref = str(exc)
                 wait_for_input(False)
                 with lock:
-                    if data is not None:
-                        if len(data) > SLOT_SIZE:
-                            data_ref = bytes(data)      # rare: sent inline
-                        else:
-                            if batch["used"] + len(data) > SLOT_SIZE:
-                                flush()
-                            slot, used = batch["slot"], batch["used"]
-                            self.views[slot][used:used + len(data)] = data
-                            data_ref = (slot, used, len(data))
-                            batch["used"] = used + len(data)
+                    if large:
+                        data_ref = LARGE
+                    elif data is not None:
+                        if batch["used"] + len(data) > SLOT_SIZE:
+                            flush()
+                        slot, used = batch["slot"], batch["used"]
+                        self.views[slot][used:used + len(data)] = data
+                        data_ref = (slot, used, len(data))
+                        batch["used"] = used + len(data)
                     fields = (member.name, member.typeflag, member.size, member.mtime,
                               member.linkname, member.pax, member.offset, member.data_offset)
                     decoded = (member.record, member.invalid) if member.kind == fmt.MESSAGE else None
                     batch["entries"].append((fields, member.body, decoded, data_ref))
-                    if (member.kind == fmt.TRAILER or batch["used"] >= BATCH_BYTES
+                    if (large or member.kind == fmt.TRAILER or batch["used"] >= BATCH_BYTES
                             or len(batch["entries"]) >= BATCH_ITEMS):
                         flush()
+                if large:
+                    send_chunks(member)
                 if member.kind == fmt.TRAILER:
                     break
             done.set()

@@ -11,26 +11,29 @@ Failure behaviour: ``ArchiveDamaged`` (exit 4) for a bad header, a wrong blockin
 stream that ends before a valid trailer (``Incomplete``, which says at which offset), or a
 bad trailer; ``MemberDamaged`` for one message whose bytes do not match its SHA-256 — the
 stream stays aligned, so the caller may skip that message and go on.  No size claimed by
-the archive is trusted for allocation: data is read in bounded chunks, pax headers are
-capped, and names are never used as file system paths here.
+the archive is trusted for allocation: data is read in bounded chunks, pax headers and JSON
+members are capped (``ims.archive.limits``, the writer's limits too), a message over
+``MESSAGE_IN_MEMORY`` is handed over as a mapping of a file (the archive, or a temporary
+copy of a stream), and names are never used as file system paths here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator
+import tempfile
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from ims.archive import format as fmt
+from ims.archive import limits
 from ims.archive.records import (ArchiveHeader, FolderRecord, MessageRecord, RecordError,
                                  TrailerRecord, UserRecord)
 from ims.errors import ArchiveDamaged, DeviceError
 
-MAX_PAX_PAYLOAD = 1 << 20
-MAX_JSON_MEMBER = 256 << 20
 _CHUNK = 1 << 20
 
 
@@ -89,8 +92,9 @@ def parse_member(read: Callable[[int], bytes], start: int) -> tuple[Member, list
     try:
         typeflag, size, mtime = fmt.parse_header_fast(block)
         if typeflag == fmt.PAX:
-            if size > MAX_PAX_PAYLOAD:
-                raise fmt.FormatError(f"pax header of {size} bytes")
+            if size > limits.MAX_PAX_PAYLOAD:
+                raise fmt.FormatError(f"pax header of {size} bytes is over the limit of"
+                                      f" {limits.MAX_PAX_PAYLOAD}")
             raw = read(size + (-size % fmt.BLOCK))
             header_bytes.append(raw)
             pax = fmt.parse_pax(raw[:size])
@@ -113,6 +117,16 @@ def parse_member(read: Callable[[int], bytes], start: int) -> tuple[Member, list
         linkname = pax.get("linkpath", linkname)
     if size < 0:
         raise fmt.FormatError("negative size")
+    if size > limits.MAX_MESSAGE_SIZE:
+        # no member is that large: the size field is damaged, and with it where the next
+        # member starts
+        raise fmt.FormatError(f"a size of {size} bytes is over the limit of"
+                              f" {limits.MAX_MESSAGE_SIZE}; nothing after it can be read"
+                              " (the archive is incomplete from here)")
+    if typeflag == fmt.HARDLINK and size:
+        # the writer gives links no data; readers by offset and in order must agree on
+        # where the next member starts
+        raise fmt.FormatError(f"hard link with {size} bytes of data")
     data_offset = start + sum(len(part) for part in header_bytes)
     return Member(name, typeflag, size, mtime, linkname, pax, start, data_offset), header_bytes
 
@@ -215,8 +229,10 @@ class ArchiveReader:
         return member
 
     def read_json(self, member: Member) -> Any:
-        if member.size > MAX_JSON_MEMBER:
-            raise ArchiveDamaged(f"{self.device_name}: {member.name}: metadata of {member.size} bytes")
+        if member.size > limits.MAX_JSON_MEMBER:
+            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+                                 f" metadata of {member.size} bytes is over the limit of"
+                                 f" {limits.MAX_JSON_MEMBER}")
         digest = self._pending_digest
         raw = self._read(self._pending)
         if digest:
@@ -232,7 +248,17 @@ class ArchiveReader:
         return member.body
 
     def read_data(self, member: Member) -> bytes | memoryview:
-        """The whole data of a message member, checked against IMS.size and IMS.sha256."""
+        """The whole data of a message member, checked against IMS.size and IMS.sha256; over
+        ``MESSAGE_IN_MEMORY`` a read-only mapping of the archive file or of a spooled copy."""
+        if member.size > limits.MESSAGE_IN_MEMORY:
+            if not self.seekable:
+                return spool(self.iter_data(member), f"{self.device_name}: {member.name}")
+            padded = self._pending
+            self._pending = 0
+            self._skip(padded, digest=False)        # Incomplete when the file is shorter
+            view = self._mapped(member)
+            self._check(member, hashlib.sha256(view).hexdigest())
+            return view
         if member.size > _CHUNK:
             return b"".join(list(self.iter_data(member)))
         padded = self._pending
@@ -256,6 +282,16 @@ class ArchiveReader:
             yield chunk
         self._read(padded - size)
         self._check(member, digest.hexdigest())
+
+    def _mapped(self, member: Member) -> memoryview:
+        """The member's data mapped from the archive file.  (The file must not shrink while
+        the mapping is in use: a page past its end would raise SIGBUS.)"""
+        start, size = member.data_offset, member.size
+        if start + size > os.fstat(self.fd).st_size:
+            raise Incomplete(f"{self.device_name}: {member.name}: the archive ends inside it")
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(self.fd, start - base + size, access=mmap.ACCESS_READ, offset=base)
+        return memoryview(mapping)[start - base:]
 
     def _check(self, member: Member, sha: str) -> None:
         if member.pax.get(fmt.SHA256_KEY) != sha:
@@ -328,26 +364,29 @@ class ArchiveReader:
         Raises ``RecordError`` when it is there but its values are not valid."""
         if not self.seekable or not self.file_size:
             return None
-        name = fmt.TRAILER_NAME.encode()
-        tail = 64 << 10
-        while True:
-            start = max(0, self.file_size - tail)
+        name = fmt.TRAILER_NAME.encode() + b"\0"
+        # the trailer's header lies at most its JSON, the end blocks and a record from the end
+        reach = limits.MAX_JSON_MEMBER + 3 * fmt.BLOCK + fmt.BLOCK * fmt.MAX_BLOCKING_FACTOR
+        end = self.file_size - self.file_size % fmt.BLOCK
+        window = 64 << 10
+        while end > 0 and self.file_size - end <= reach:
+            start = max(0, end - window, self.file_size - reach)
             start -= start % fmt.BLOCK
-            data = os.pread(self.fd, self.file_size - start, start)
-            position = len(data) - fmt.BLOCK
-            position -= position % fmt.BLOCK
-            while position >= 0:
-                if data[position:position + len(name) + 1] == name + b"\0":
+            data = os.pread(self.fd, end - start, start)
+            position = len(data)
+            while (position := data.rfind(name, 0, position)) >= 0:
+                if position % fmt.BLOCK == 0:
                     member = self._member_by_name_block(start + position)
                     if member is not None and member.kind == fmt.TRAILER:
                         body = self._json_at(member)
                         if isinstance(body, dict) and body.get("trailer_offset") is not None:
                             return TrailerRecord.decode(
                                 body, f"{self.device_name}: the trailer at byte {member.offset}")
-                position -= fmt.BLOCK
-            if start == 0 or tail > 512 << 20:
+            if start <= 0 or start == end:
                 return None
-            tail *= 4
+            end = start
+            window = min(window * 4, 16 << 20)      # memory stays bounded, scans stay few
+        return None
 
     def _member_by_name_block(self, offset: int) -> Member | None:
         """The member whose ustar header (found by its name) is at ``offset``: steps back to
@@ -385,7 +424,7 @@ class ArchiveReader:
         return member
 
     def _json_at(self, member: Member) -> Any:
-        if member.size > MAX_JSON_MEMBER:
+        if member.size > limits.MAX_JSON_MEMBER:
             return None
         try:
             return json.loads(os.pread(self.fd, member.size, member.data_offset))
@@ -393,6 +432,10 @@ class ArchiveReader:
             return None
 
     def json_at(self, member: Member) -> Any:
+        if member.size > limits.MAX_JSON_MEMBER:
+            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+                                 f" metadata of {member.size} bytes is over the limit of"
+                                 f" {limits.MAX_JSON_MEMBER}")
         body = self._json_at(member)
         if not isinstance(body, dict):
             raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
@@ -400,8 +443,13 @@ class ArchiveReader:
         member.body = body
         return body
 
-    def data_at(self, member: Member) -> bytes:
-        """A message member's data read by offset, checked against its digest."""
+    def data_at(self, member: Member) -> bytes | memoryview:
+        """A message member's data read by offset, checked against its digest (a mapping of
+        the archive over ``MESSAGE_IN_MEMORY``)."""
+        if member.size > limits.MESSAGE_IN_MEMORY:
+            view = self._mapped(member)
+            self._check(member, hashlib.sha256(view).hexdigest())
+            return view
         parts = []
         position, left = member.data_offset, member.size
         while left:
@@ -428,6 +476,24 @@ class ArchiveReader:
             yield member
             data_size = 0 if member.is_link else member.size
             position = member.data_offset + data_size + len(fmt.padding(data_size))
+
+
+def spool(chunks: Iterable[bytes], what: str) -> memoryview:
+    """``chunks`` as a read-only mapping of an unlinked temporary file in $TMPDIR: a message
+    too large to hold in memory, from a stream.  The file's space is freed with the mapping."""
+    try:
+        with tempfile.TemporaryFile(prefix="ims-message-") as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.flush()
+            size = file.tell()
+            if not size:
+                return memoryview(b"")
+            mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise DeviceError(f"{what}: cannot hold the message in {tempfile.gettempdir()}:"
+                          f" {exc.strerror or exc}") from None
+    return memoryview(mapping)
 
 
 def decode_header(body: dict[str, Any], device_name: str, blocking_factor: int) -> ArchiveHeader:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
+from ims.archive import limits
 from ims.errors import ArchiveDamaged
 
 UIDVALIDITY_MAX = 2**32 - 1         # IMAP's UIDVALIDITY: a non-zero 32-bit number
@@ -406,9 +407,12 @@ class MessageRecord(NamedTuple):
             elif sha is None or not _SHA256.match(sha):
                 raise ValueError(f"IMS.sha256 {sha!r}")
             size_text = pax.get("IMS.size")
-            if size_text is None or not size_text.isdigit() or \
+            if size_text is None or not size_text.isdigit() or not size_text.isascii() or \
                     (not is_link and int(size_text) != size):
                 raise ValueError(f"IMS.size {size_text!r} (the member holds {size} bytes)")
+            if max(size, int(size_text)) > limits.MAX_MESSAGE_SIZE:
+                raise ValueError(f"size {max(size, int(size_text))} is over the limit of"
+                                 f" {limits.MAX_MESSAGE_SIZE} bytes for a message")
         except ValueError as exc:
             raise RecordError(f"{where}: {exc}") from None
         return cls(key, uid, flags, keywords, internaldate, pax.get("IMS.state") == "new",

@@ -6,7 +6,9 @@ format requires and keeps, per folder, the extent the trailer's index records.
 
 Failure behaviour: any write error (ENOSPC, EIO, EPIPE...) raises ``DeviceError`` naming the
 device; the writer is then dead and ``finish`` is never reached, so a stream cut short has
-no trailer.  A regular file is fsynced in ``close``; nothing is fsynced for pipes or tapes.
+no trailer.  A member over a limit of ``ims.archive.limits`` (which every reader checks)
+raises ``LimitExceeded`` naming it, before any of its bytes are written.  A regular file is
+fsynced in ``close``; nothing is fsynced for pipes or tapes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import stat
 from typing import Any
 
 from ims.archive import format as fmt
+from ims.archive import limits
 from ims.errors import DeviceError
 
 _FLUSH_AT = 1 << 20
@@ -104,15 +107,24 @@ class ArchiveWriter:
 
     def add_json(self, name: str, kind: str, body: dict[str, Any], mtime: int) -> None:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(payload) > limits.MAX_JSON_MEMBER:
+            raise limits.LimitExceeded(
+                f"{_describe(kind, name, body)}: its {kind} member would hold"
+                f" {limits.size_text(len(payload))} of JSON, more than the"
+                f" {limits.MAX_JSON_MEMBER} bytes a reader accepts; the archive is incomplete"
+                " (no trailer)")
         headers = fmt.member_headers(name, len(payload), mtime, fmt.REGULAR,
                                      [(fmt.TYPE_KEY, kind)], uid=0, gid=0)
         self._emit(headers + payload + fmt.padding(len(payload)), digest=True)
 
     def begin_folder(self, name: str, state: dict[str, Any], mtime: int) -> None:
         self.end_folder()
-        self._folder = {"partition": state["partition"], "user": state["user"],
-                        "folder": state["folder"], "offset": self.offset, "messages": 0}
+        extent = {"partition": state["partition"], "user": state["user"],
+                  "folder": state["folder"], "offset": self.offset, "messages": 0}
         self.add_json(name, fmt.FOLDER, state, mtime)
+        # only now: a folder refused by a limit leaves the writer as it was, with nothing of
+        # it in the stream or the index
+        self._folder = extent
 
     def end_folder(self) -> None:
         if self._folder is not None:
@@ -123,6 +135,7 @@ class ArchiveWriter:
     def add_message(self, name: bytes, data: bytes | memoryview, mtime: int, encoded: bytes,
                     uid: int, gid: int) -> None:
         """A message member with data; ``encoded`` is its pax payload (format.message_records)."""
+        _check_message_size(name, len(data))
         headers = fmt.member_headers(name, len(data), mtime, fmt.REGULAR, encoded=encoded,
                                      uid=uid, gid=gid)
         self.digest.update(headers)
@@ -139,6 +152,7 @@ class ArchiveWriter:
     def begin_large_message(self, name: bytes, size: int, mtime: int, encoded: bytes,
                             uid: int, gid: int) -> None:
         """Start a message whose bytes arrive in pieces (``add_large_chunk``)."""
+        _check_message_size(name, size)
         headers = fmt.member_headers(name, size, mtime, fmt.REGULAR, encoded=encoded,
                                      uid=uid, gid=gid)
         self._emit(headers, digest=True)
@@ -182,3 +196,21 @@ class ArchiveWriter:
         self.add_json(fmt.TRAILER_NAME, fmt.TRAILER, body, mtime)
         self._emit(fmt.END_OF_ARCHIVE, digest=False)
         self.sink.close()
+
+
+def _describe(kind: str, name: str, body: dict[str, Any]) -> str:
+    if kind == fmt.FOLDER:
+        return f"folder {body.get('partition')}/{body.get('user')}/{body.get('folder')}"
+    if kind == fmt.USER:
+        return f"user {body.get('partition')}/{body.get('user')}"
+    if kind == fmt.TRAILER:
+        return f"the trailer (an index of {len(body.get('index') or ())} folders)"
+    return name
+
+
+def _check_message_size(name: bytes, size: int) -> None:
+    if size > limits.MAX_MESSAGE_SIZE:
+        raise limits.LimitExceeded(
+            f"message {name.decode('utf-8', 'replace')}: {limits.size_text(size)}, more than"
+            f" the {limits.MAX_MESSAGE_SIZE} bytes a reader accepts; the archive is incomplete"
+            " (no trailer)")
