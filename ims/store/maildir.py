@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ims.store import modseq, mutf7, uidlist
+from ims.store.files import read_regular
 from ims.store.base import FolderState, MessageEntry, UnstorableName, UserInfo
 from ims.store.subscriptions import parse_subscriptions, read_subscriptions  # noqa: F401
 
@@ -234,11 +235,7 @@ class MaildirFolderReader:
         )
 
     def _read_small(self, filename: str) -> bytes:
-        fd = os.open(filename, os.O_RDONLY, dir_fd=self.folder_fd)
-        try:
-            return os.read(fd, 1 << 20)
-        finally:
-            os.close(fd)
+        return read_regular(filename, self.folder_fd, limit=1 << 20)
 
     def open_message(self, entry: MessageEntry) -> tuple[int, os.stat_result] | None:
         location = entry.location
@@ -377,7 +374,7 @@ class MaildirStore:
         except OSError as exc:
             # a symlinked file is not followed (root would read whatever it names); one
             # oddity of this file must not cost the user's whole backup
-            if exc.errno != errno.ELOOP:
+            if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.EFBIG):
                 raise
             subscriptions = []
         return UserInfo(partition, user, st.st_uid, st.st_gid, tuple(subscriptions))

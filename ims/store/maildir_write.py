@@ -60,6 +60,7 @@ from ims.errors import StoreLocked
 from ims.restore.plan import NO_ROOM_REASON, Placement, merge_next_uid, plan_merge
 from ims.store import modseq as dovecot_modseq
 from ims.store import uidlist
+from ims.store.files import read_regular
 from ims.store.base import Landed, LiveFolder, WholeFolder
 from ims.store.lock import FolderLock, process_alive
 from ims.store.maildir import INBOX, MaildirStore, folder_to_dirname, parse_keywords_file
@@ -686,12 +687,9 @@ class ExistingFolder:
 
     def _read_control(self, name: str) -> str | None:
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=self.fd)
+            return read_regular(name, self.fd).decode("utf-8", errors="surrogateescape")
         except FileNotFoundError:
             return None
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read().decode("utf-8", errors="surrogateescape")
 
     def _rewrite_without(self, stale: set[str], lines: list[str], next_uid: int) -> None:
         """Replace the uidlist (as Dovecot does, by rename, under the lock) without the

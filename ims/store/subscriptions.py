@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ims.store import mutf7
+from ims.store.files import read_regular
 from ims.store.lock import DEFAULT_TIMEOUT, FolderLock
 
 if TYPE_CHECKING:
@@ -124,11 +125,9 @@ def _read(path: Path) -> str | None:
     """The file's text (undecodable bytes as surrogate escapes), None if there is none.
     O_NOFOLLOW: root must not read whatever a planted symlink points to."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return read_regular(path, limit=64 << 20).decode("utf-8", errors="surrogateescape")
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read().decode("utf-8", errors="surrogateescape")
 
 
 def read_subscriptions(maildir: Path, separator: str = ".") -> list[str]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
+
+from ims.store.files import open_regular, read_regular
 from dataclasses import dataclass, field
 
 
@@ -79,19 +81,10 @@ def parse(data: bytes) -> Uidlist:
 def read(folder_fd: int) -> Uidlist | None:
     """The folder's uidlist, or None when Dovecot has not written one yet."""
     try:
-        fd = os.open("dovecot-uidlist", os.O_RDONLY, dir_fd=folder_fd)
+        data = read_regular("dovecot-uidlist", folder_fd)
     except FileNotFoundError:
         return None
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return parse(b"".join(chunks))
+    return parse(data)
 
 
 # struct mail_index_header (Dovecot 2.x src/lib-index/mail-index.h): major_version u8,
@@ -105,7 +98,7 @@ _INDEX_HEADER_SIZE = 32
 def index_next_uid(folder_fd: int) -> int | None:
     """``next_uid`` from the header of ``dovecot.index``, or None when absent or unknown."""
     try:
-        fd = os.open("dovecot.index", os.O_RDONLY, dir_fd=folder_fd)
+        fd = open_regular("dovecot.index", folder_fd)
     except OSError:
         return None
     try:
