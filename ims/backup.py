@@ -38,7 +38,7 @@ from ims.archive.records import ArchiveHeader, FolderRecord, UserRecord
 from ims.archive.writer import ArchiveWriter
 from ims.config import Config
 from ims.names import Scope
-from ims.readahead import (FLAGS, INFO, IS_NEW, KEY, KEYWORDS, O_ENTRY, O_GID, O_INDEX,
+from ims.readahead import (CANNOT_HOLD, FLAGS, INFO, IS_NEW, KEY, KEYWORDS, O_ENTRY, O_GID, O_INDEX,
                            O_KIND, O_LENGTH, O_LINK_TARGET, O_MTIME, O_REASON, O_SHA256,
                            O_NLINK, O_SIZE, O_START, O_UID, UID, Batch, FolderDone, FolderItem,
                            StoreReadAhead, UserItem)
@@ -145,6 +145,7 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             folder = item
             flag_parts = {}
             state = item.state
+            report.skipped.extend(f"{item.logical}/{key!r}: {CANNOT_HOLD}" for key in item.refused)
             report.warnings.extend(state.notes)
             writer.begin_folder(member, FolderRecord.encode_listed(
                 item.partition, item.user, item.folder, None, state.uidvalidity, state.next_uid,

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ims.archive.records import (NEXT_UID_MAX, UID_MAX, UIDVALIDITY_MAX, valid_folder, valid_key,
+                                 valid_keyword, valid_user)
 from ims.errors import HelperDied, InternalError
 from ims.helper import Channel, HelperProcess
 from ims.names import Scope, select_folders
@@ -59,6 +62,52 @@ class UserItem:
 KEY, UID, FLAGS, KEYWORDS, INFO, IS_NEW = range(6)
 
 
+_GUID = re.compile(r"[0-9a-fA-F]{32}\Z")
+CANNOT_HOLD = "a name the archive cannot hold (a control character, '/', ':' or a leading dot)"
+
+
+def fit_to_archive(state: FolderState, where: str) -> list[str]:
+    """Make a listed folder state one the archive holds (the checks of ims.archive.records):
+    the mail user owns ``dovecot-uidlist`` and ``dovecot-keywords``, and Dovecot leaves odd
+    ones after a crash.  A value that does not fit is dropped with a note (a message keeps
+    its bytes and comes back without its UID, as Dovecot would give it a new one); a message
+    whose name does not fit is left out and returned, to be named among the skipped."""
+    notes = state.notes
+    if state.uidvalidity is not None and not 1 <= state.uidvalidity <= UIDVALIDITY_MAX:
+        notes.append(f"{where}: UIDVALIDITY {state.uidvalidity} is out of range; archived"
+                     " without one (a restore gives the folder a new one)")
+        state.uidvalidity = None
+    if state.guid is not None and not _GUID.match(state.guid):
+        notes.append(f"{where}: GUID {state.guid[:40]!r} is not 32 hex digits; archived without it")
+        state.guid = None
+    if any(name and not valid_keyword(name) for name in state.keywords):
+        notes.append(f"{where}: dovecot-keywords names that are not IMAP keywords are left out:"
+                     f" {[k for k in state.keywords if k and not valid_keyword(k)]!r}")
+        state.keywords = [name if valid_keyword(name) else "" for name in state.keywords]
+        for entry in state.messages:
+            entry.keywords = tuple(k for k in entry.keywords if valid_keyword(k))
+    refused: list[str] = []
+    kept: list[MessageEntry] = []
+    used: set[int] = set()
+    dropped = 0
+    for entry in state.messages:
+        if not valid_key(entry.key):
+            refused.append(entry.key)
+            continue
+        if entry.uid is not None and (not 1 <= entry.uid <= UID_MAX or entry.uid in used):
+            entry.uid = None
+            dropped += 1
+        elif entry.uid is not None:
+            used.add(entry.uid)
+        kept.append(entry)
+    if dropped:
+        notes.append(f"{where}: {dropped} dovecot-uidlist UID(s) out of range or listed twice;"
+                     " those messages are archived without a UID")
+    state.messages = kept
+    state.next_uid = min(max(state.next_uid, max(used, default=0) + 1), NEXT_UID_MAX)
+    return refused
+
+
 def wire_entry(entry: MessageEntry) -> tuple:
     return (entry.key, entry.uid, entry.flags, entry.keywords, entry.info, entry.is_new)
 
@@ -77,6 +126,7 @@ class FolderItem:
     unchanged: bool = False
     error: str | None = None
     identity: int | None = None     # follows the folder through a rename (chain restores)
+    refused: list[str] = field(default_factory=list)   # message names the archive cannot hold
 
 
 # An outcome: (kind, index, entry, mtime, uid, gid, size, start, length, sha256, link_target,
@@ -190,6 +240,9 @@ class StoreReadAhead:
 
     def _read_user(self, user_scope) -> None:
         partition, user, group = user_scope.partition, user_scope.user, user_scope.group
+        if not valid_user(user):
+            self._put(UserItem(partition, user, group, None, [], [], CANNOT_HOLD))
+            return
         try:
             info = self.store.user_info(partition, user)
             all_folders = self.store.folders(partition, user)
@@ -201,6 +254,8 @@ class StoreReadAhead:
             self._put(UserItem(partition, user, group, None, [], [], exc.strerror or str(exc)))
             return
         refused = self.store.refused_links(partition, user)
+        refused += [(f, CANNOT_HOLD) for f in all_folders if not valid_folder(f)]
+        all_folders = [f for f in all_folders if valid_folder(f)]
         folders, excluded = select_folders(user_scope, all_folders, self.exclusions)
         self._put(UserItem(partition, user, group, info, folders, excluded))
         for folder, why in refused:
@@ -232,11 +287,12 @@ class StoreReadAhead:
             return
         try:
             state = reader.state
+            refused = fit_to_archive(state, f"{partition}/{user}/{folder}")
             listed = [wire_entry(m) for m in state.messages]
             self._put(FolderItem(logical, partition, user, folder, FolderState(
-                state.name, state.uidvalidity, state.next_uid, state.guid, state.keywords, [],
-                state.notes, state.highest_modseq), listed,
-                identity=self.store.folder_identity(partition, user, folder)))
+                state.name, state.uidvalidity, state.next_uid, state.guid,
+                [k for k in state.keywords if k], [], state.notes, state.highest_modseq), listed,
+                identity=self.store.folder_identity(partition, user, folder), refused=refused))
             self._read_messages(reader, f"{partition}/{user}/{folder}/")
             self._put(FolderDone())
         finally:
