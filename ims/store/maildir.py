@@ -345,13 +345,20 @@ class MaildirStore:
         why the link is refused.  Dovecot serves mail through links, so a link that leads
         out of the store (a user moved to another disk) is followed; one that leads back
         into the store (another user's mail, a loop) or to a directory already reached
-        through another link would back mail up twice or under the wrong owner."""
+        through another link would back mail up twice or under the wrong owner; one to a
+        directory of another owner would let the mail user make root read what the user
+        cannot."""
         real = os.path.realpath(path)
         if real == expected_real:
             return None
         if self._inside_store(real):
             return f"{what} {path} is a link into the store ({real}); not followed"
         st = os.stat(real)
+        holder = os.stat(path.parent)
+        if st.st_uid != holder.st_uid:
+            # the backup reads as root: follow only to what the link's owner could read anyway
+            return (f"{what} {path} leads to {real}, owned by uid {st.st_uid}, not by the"
+                    f" owner of {path.parent} (uid {holder.st_uid}); not followed")
         seen = self._followed.setdefault((st.st_dev, st.st_ino), str(path))
         if seen != str(path):
             return f"{what} {path} leads to {real}, already backed up through {seen}; not followed"
