@@ -6,17 +6,19 @@ one; the ``.partial`` file of a failed run is left for inspection (it has no tra
 named in the error.  Devices and pipes are written in place.
 
 Failure behaviour: a device that cannot be opened raises ``DeviceError`` (exit 6); writing
-to a terminal is refused with ``UsageError`` (exit 2).
+to a terminal is refused with ``UsageError`` (exit 2); a ``.partial`` that another live run
+is writing (it holds an flock on it) is refused with ``StoreLocked`` (exit 3).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import sys
 from dataclasses import dataclass
 
-from ims.errors import DeviceError, UsageError
+from ims.errors import DeviceError, StoreLocked, UsageError
 
 
 @dataclass
@@ -31,8 +33,16 @@ class OutputDevice:
         return self.name == "-"
 
     def commit(self) -> None:
-        """The archive is complete: put it in place."""
+        """The archive is complete: put it in place (only if the file there is still ours)."""
         if self.final_path and self.temp_path:
+            try:
+                ours = os.stat(self.temp_path, follow_symlinks=False).st_ino == \
+                    os.fstat(self.fd).st_ino
+            except FileNotFoundError:
+                ours = False
+            if not ours:
+                raise DeviceError(f"{self.temp_path}: removed or replaced by someone else while"
+                                  " this run wrote it; the archive is not complete")
             os.replace(self.temp_path, self.final_path)
             directory = os.path.dirname(os.path.abspath(self.final_path))
             try:
@@ -74,6 +84,7 @@ def open_output(name: str) -> OutputDevice:
         except OSError as exc:
             raise DeviceError(f"{name}: cannot open device: {exc.strerror}") from None
     temp = name + ".partial"
+    _refuse_if_in_use(temp)
     try:
         # a stale .partial (a failed run's, or a link someone planted) is removed, never
         # followed, and the new one is ours alone: created exclusively, mode 0600
@@ -86,6 +97,23 @@ def open_output(name: str) -> OutputDevice:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         os.fchmod(fd, 0o600)      # whatever the umask
+        # held until the process ends: a second run to the same file sees it in use
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         raise DeviceError(f"{temp}: cannot create: {exc.strerror}") from None
     return OutputDevice(fd, name, final_path=name, temp_path=temp)
+
+
+def _refuse_if_in_use(temp: str) -> None:
+    """A ``.partial`` another live run is writing (it holds a lock on it) is never taken."""
+    try:
+        fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return                  # absent, or a link: removed below without being followed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StoreLocked(f"{temp}: another run is writing this archive now; not taken"
+                          " over") from None
+    finally:
+        os.close(fd)
