@@ -26,6 +26,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
+from ims.errors import ConfigError
 from ims.store import modseq, mutf7, uidlist
 from ims.store.files import read_regular
 from ims.store.base import FolderState, MessageEntry, UnstorableName, UserInfo
@@ -323,7 +324,12 @@ class MaildirStore:
         return sorted(self.partition_dirs)
 
     def users(self, partition: str) -> Iterator[str]:
-        return self.layout.users(self.partition_dirs[partition])
+        directory = self.partition_dirs[partition]
+        if not directory.is_dir():
+            # an unmounted disk must not look like a partition without users
+            raise ConfigError(f"partition {partition!r}: {directory} is not a directory (a file"
+                              f" system not mounted, or a wrong store.partition.{partition}.path)")
+        return self.layout.users(directory)
 
     def maildir(self, partition: str, user: str) -> Path:
         return self.layout.path_of(self.partition_dirs[partition], user)
