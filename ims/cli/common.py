@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -24,8 +25,23 @@ class CommandResult(Exception):
         self.code = code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a backup system's job timeout, ``kill``): stopped as Ctrl-C stops a run, so
+    every clean-up of an interrupt runs (staged files and folders built aside removed, locks
+    released), then exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def catch_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def run(command: click.Command, argv: list[str] | None, prog: str) -> int:
     """Run a click command and return its exit code; errors become one line on stderr."""
+    catch_sigterm()
     try:
         command.main(args=argv, prog_name=prog, standalone_mode=False)
     except CommandResult as result:
@@ -42,7 +58,13 @@ def run(command: click.Command, argv: list[str] | None, prog: str) -> int:
         return int(ExitCode.USAGE)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.Abort:
+    except Terminated:
+        click.echo(f"{prog}: terminated (SIGTERM)", err=True)
+        return 128 + signal.SIGTERM
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):     # click wraps interrupts in Abort
+            click.echo(f"{prog}: terminated (SIGTERM)", err=True)
+            return 128 + signal.SIGTERM
         click.echo(f"{prog}: interrupted", err=True)
         return 130
     except KeyboardInterrupt:

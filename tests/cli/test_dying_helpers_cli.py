@@ -147,3 +147,39 @@ def test_unexpected_exception_in_the_parent_is_exit_7(sample_store, tmp_path):
     debug = subprocess.run([sys.executable, "-c", script], capture_output=True,
                            env={**env_for(sample_store), "IMS_DEBUG": "1"})
     assert debug.returncode == 7 and "Traceback" in debug.stderr.decode()
+
+
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(big_store, tmp_path):
+    archive = tmp_path / "full.ims"
+    run_cmd("imsbackup", "-f", str(archive), "/", config_dir=big_store / "config", check_rc=0)
+    partition = big_store / "partitions" / "primary"
+    for user in partition.iterdir():
+        subprocess.run(["rm", "-rf", str(user)], check=True)
+    proc = subprocess.Popen([command("imsrestore"), "-f", "-", "/"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env_for(big_store))
+    data = archive.read_bytes()
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    wait_for_child(proc.pid)
+    time.sleep(1.0)               # a folder is being built aside, waiting for more data
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    left = [p for p in partition.rglob("*") if "ims-restore" in p.name or p.name.endswith(".lock")]
+    assert not left, left
+
+
+def test_sigterm_stops_a_backup_without_a_trailer(big_store, tmp_path):
+    target = tmp_path / "full.ims"
+    proc = subprocess.Popen([command("imsbackup"), "-f", "-", "/"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env_for(big_store))
+    wait_for_child(proc.pid)
+    first = proc.stdout.read(65536)
+    proc.send_signal(signal.SIGTERM)
+    rest, stderr = proc.communicate(timeout=60)
+    target.write_bytes(first + rest)
+    assert proc.returncode == 143, stderr.decode()
+    listed = run_cmd("imsrestore", "-t", "-f", str(target), config_dir=big_store / "config")
+    assert listed.returncode == 4
