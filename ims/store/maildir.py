@@ -143,12 +143,17 @@ def parse_keywords_file(data: str) -> list[str]:
 class MaildirFolderReader:
     """An open folder: its state as listed, and access to its message files."""
 
-    def __init__(self, folder_dir: Path, name: str) -> None:
+    def __init__(self, folder_dir: Path, name: str,
+                 listed_as: tuple[int, int] | None = None) -> None:
         self.path = folder_dir
-        self.folder_fd = os.open(folder_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self.folder_fd = os.open(folder_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.sub_fds: dict[str, int] = {}
         self._relisted: dict[str, str] | None = None
         try:
+            st = os.fstat(self.folder_fd)
+            if listed_as is not None and (st.st_dev, st.st_ino) != listed_as:
+                raise LinkRefused(f"{folder_dir} was replaced (by a link or another directory)"
+                                  " between its listing and its reading; not read")
             for sub in ("new", "cur"):
                 try:
                     self.sub_fds[sub] = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
@@ -319,6 +324,9 @@ class MaildirStore:
         # second link to one of them is refused, so no mail is backed up twice
         self._followed: dict[tuple[int, int], str] = {}
         self._refused: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        # (device, inode) of each folder directory as listed: a directory swapped for a
+        # link (or another directory) between the listing and the read is refused
+        self._listed: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     def partitions(self) -> list[str]:
         return sorted(self.partition_dirs)
@@ -382,6 +390,7 @@ class MaildirStore:
         if verdict:
             raise LinkRefused(verdict)
         st = os.stat(root)
+        self._listed[(partition, user, INBOX)] = (st.st_dev, st.st_ino)
         try:
             subscriptions = read_subscriptions(root)
         except OSError as exc:
@@ -420,6 +429,8 @@ class MaildirStore:
                     if verdict:
                         refused.append((name, verdict))
                         continue
+                seen = entry.stat()
+                self._listed[(partition, user, name)] = (seen.st_dev, seen.st_ino)
                 names.append(name)
         if refused:
             self._refused[(partition, user)] = refused
@@ -435,7 +446,8 @@ class MaildirStore:
         return root / ("." + folder.replace("/", "."))  # a :UTF-8 store keeps names raw
 
     def open_folder(self, partition: str, user: str, folder: str) -> MaildirFolderReader:
-        return MaildirFolderReader(self.folder_dir(partition, user, folder), folder)
+        return MaildirFolderReader(self.folder_dir(partition, user, folder), folder,
+                                   self._listed.pop((partition, user, folder), None))
 
     def folder_identity(self, partition: str, user: str, folder: str) -> int | None:
         # a rename over IMAP renames the folder's directory; cur/ inside keeps its inode

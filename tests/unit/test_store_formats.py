@@ -120,3 +120,29 @@ def test_a_user_map_cannot_send_a_user_out_of_its_partition(tmp_path):
         (tmp_path / "map").write_text(line + "\n")
         with pytest.raises(UsageError, match="map:1"):
             read_user_map(str(tmp_path / "map"))
+
+
+def test_a_folder_swapped_for_a_link_after_its_listing_is_not_read(tmp_path):
+    """The race a mail user could win: the folder is listed, then replaced by a link to a
+    directory root may read; the reader opens by path, so it compares what it opened with
+    what was listed."""
+    import shutil
+
+    from ims.store.maildir import LinkRefused, MaildirStore
+    maildir = tmp_path / "p" / "joe" / "Maildir"
+    for folder in ("", ".Work"):
+        for sub in ("cur", "new", "tmp"):
+            (maildir / folder / sub).mkdir(parents=True, exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    for sub in ("cur", "new", "tmp"):
+        (elsewhere / sub).mkdir(parents=True)
+    (elsewhere / "cur" / "1.M1P1.x:2,S").write_bytes(b"not joe's")
+    store = MaildirStore({"p": tmp_path / "p"}, "%u/Maildir")
+    store.user_info("p", "joe")
+    assert store.folders("p", "joe") == ["INBOX", "Work"]
+    shutil.rmtree(maildir / ".Work")
+    (maildir / ".Work").symlink_to(elsewhere)
+    with pytest.raises(LinkRefused, match="replaced"):
+        store.open_folder("p", "joe", "Work")
+    reader = store.open_folder("p", "joe", "INBOX")       # the untouched one still reads
+    reader.close()
