@@ -395,6 +395,10 @@ EIO_SHIM = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -485,6 +489,92 @@ ssize_t preadv64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flag
 
 ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) { return preadv64v2(fd, iov, cnt, off, flags); }
 
+/* IMSF_KILL_OP (rename, link, unlink, mkdir, lockfile) and IMSF_KILL_AT=N, IMSF_KILL_SIG=S:
+   the process sends itself signal S at its Nth such call (before the call; for lockfile, a
+   file named *.lock* created with O_EXCL, just after it, before anything is written in it).
+   IMSF_COUNT_FILE: at exit, write how many of each the process made. */
+
+enum { OP_RENAME, OP_LINK, OP_UNLINK, OP_MKDIR, OP_LOCKFILE, OP_COUNT };
+static const char *OP_NAMES[OP_COUNT] = {"rename", "link", "unlink", "mkdir", "lockfile"};
+static long op_counts[OP_COUNT];
+static pid_t first_pid;
+
+static void op_hit(int op) {
+    if (!first_pid) first_pid = getpid();
+    op_counts[op]++;
+    const char *want = getenv("IMSF_KILL_OP");
+    if (!want || strcmp(want, OP_NAMES[op]) != 0 || getpid() != first_pid) return;
+    if (op_counts[op] == atol(getenv("IMSF_KILL_AT") ? getenv("IMSF_KILL_AT") : "0"))
+        kill(getpid(), atoi(getenv("IMSF_KILL_SIG") ? getenv("IMSF_KILL_SIG") : "9"));
+}
+
+__attribute__((constructor)) static void op_start(void) { first_pid = getpid(); }
+
+__attribute__((destructor)) static void op_report(void) {
+    const char *path = getenv("IMSF_COUNT_FILE");
+    if (!path || getpid() != first_pid) return;
+    FILE *out = fopen(path, "w");
+    if (!out) return;
+    for (int i = 0; i < OP_COUNT; i++) fprintf(out, "%s %ld\n", OP_NAMES[i], op_counts[i]);
+    fclose(out);
+}
+
+int rename(const char *a, const char *b) {
+    REAL(rename, 0); op_hit(OP_RENAME); return real_rename(a, b);
+}
+int renameat(int fa, const char *a, int fb, const char *b) {
+    REAL(renameat, 0); op_hit(OP_RENAME); return real_renameat(fa, a, fb, b);
+}
+int renameat2(int fa, const char *a, int fb, const char *b, unsigned int flags) {
+    REAL(renameat2, 0); op_hit(OP_RENAME); return real_renameat2(fa, a, fb, b, flags);
+}
+int link(const char *a, const char *b) {
+    REAL(link, 0); op_hit(OP_LINK); return real_link(a, b);
+}
+int linkat(int fa, const char *a, int fb, const char *b, int flags) {
+    REAL(linkat, 0); op_hit(OP_LINK); return real_linkat(fa, a, fb, b, flags);
+}
+int unlink(const char *a) {
+    REAL(unlink, 0); op_hit(OP_UNLINK); return real_unlink(a);
+}
+int unlinkat(int fd, const char *a, int flags) {
+    REAL(unlinkat, 0); op_hit(OP_UNLINK); return real_unlinkat(fd, a, flags);
+}
+int mkdir(const char *a, mode_t mode) {
+    REAL(mkdir, 0); op_hit(OP_MKDIR); return real_mkdir(a, mode);
+}
+int mkdirat(int fd, const char *a, mode_t mode) {
+    REAL(mkdirat, 0); op_hit(OP_MKDIR); return real_mkdirat(fd, a, mode);
+}
+
+static void lock_created(const char *path, int flags, int fd) {
+    size_t n = strlen(path);
+    (void)n;   /* a lock, or the temporary file a lock is written in before it is linked */
+    if (fd >= 0 && (flags & O_EXCL) && (flags & O_CREAT) && strstr(path, ".lock"))
+        op_hit(OP_LOCKFILE);
+}
+
+static mode_t mode_of(int flags, va_list ap) {
+    return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...) {
+    REAL(open, 0); va_list ap; va_start(ap, flags); mode_t mode = mode_of(flags, ap); va_end(ap);
+    int fd = real_open(path, flags, mode); lock_created(path, flags, fd); return fd;
+}
+int open64(const char *path, int flags, ...) {
+    REAL(open64, 0); va_list ap; va_start(ap, flags); mode_t mode = mode_of(flags, ap); va_end(ap);
+    int fd = real_open64(path, flags, mode); lock_created(path, flags, fd); return fd;
+}
+int openat(int dirfd, const char *path, int flags, ...) {
+    REAL(openat, 0); va_list ap; va_start(ap, flags); mode_t mode = mode_of(flags, ap); va_end(ap);
+    int fd = real_openat(dirfd, path, flags, mode); lock_created(path, flags, fd); return fd;
+}
+int openat64(int dirfd, const char *path, int flags, ...) {
+    REAL(openat64, 0); va_list ap; va_start(ap, flags); mode_t mode = mode_of(flags, ap); va_end(ap);
+    int fd = real_openat64(dirfd, path, flags, mode); lock_created(path, flags, fd); return fd;
+}
+
 ssize_t write(int fd, const void *buf, size_t count) {
     REAL(write, ssize_t (*)(int, const void *, size_t));
     size_t allowed = count; int h = hits(fd, -1, count, &allowed, 'w');
@@ -539,6 +629,7 @@ class Setup:
     run_seconds: dict[str, float] = field(default_factory=dict)
     restore_bytes: dict[str, int] = field(default_factory=dict)
     references: dict[tuple, tuple[int, dict, float]] = field(default_factory=dict)
+    op_counts: dict[tuple, dict[str, int]] = field(default_factory=dict)
 
     def partition_dirs(self, root: Path) -> dict[str, Path]:
         return {p: root / "partitions" / p for p in self.partitions}
@@ -694,13 +785,14 @@ BACKUP_KINDS = ["backup-signal-file", "backup-signal-pipe", "backup-pipe-closed"
                 "backup-full-disk", "backup-unreadable", "backup-eio-read", "backup-eio-write",
                 "backup-helper-killed", "backup-lock-held"]
 RESTORE_KINDS = ["restore-signal-file", "restore-signal-pipe", "restore-helper-killed",
-                 "restore-stream-cut", "restore-full-disk", "restore-lock", "restore-eio-archive"]
+                 "restore-stream-cut", "restore-full-disk", "restore-lock", "restore-eio-archive",
+                 "restore-kill-at-op"]
 WEIGHTS = {"backup-signal-file": 12, "backup-signal-pipe": 8, "backup-pipe-closed": 5,
            "backup-full-disk": 5, "backup-unreadable": 5, "backup-eio-read": 4,
            "backup-eio-write": 3, "backup-helper-killed": 5, "backup-lock-held": 2,
            "restore-signal-file": 16, "restore-signal-pipe": 10, "restore-helper-killed": 5,
            "restore-stream-cut": 4, "restore-full-disk": 5, "restore-lock": 8,
-           "restore-eio-archive": 3}
+           "restore-eio-archive": 3, "restore-kill-at-op": 12}
 
 
 @dataclass
@@ -715,7 +807,7 @@ class Result:
 def available_kinds(setup: Setup) -> list[str]:
     kinds = BACKUP_KINDS + RESTORE_KINDS
     if setup.shim is None:
-        kinds = [k for k in kinds if "eio" not in k]
+        kinds = [k for k in kinds if "eio" not in k and "at-op" not in k]
     if not setup.setpriv:
         kinds = [k for k in kinds if k != "backup-unreadable"]
     if setup.tmpfs is None:
@@ -783,6 +875,12 @@ def draw_case(setup: Setup, kind: str, rng: random.Random, index: int) -> dict:
             case["pick"] = rng.random()
         elif kind == "restore-eio-archive":
             case["at_bytes"] = rng.randrange(0, size)
+        elif kind == "restore-kill-at-op":
+            case["op"] = rng.choice(["rename", "rename", "rename", "link", "unlink", "mkdir",
+                                     "lockfile"])
+            case["signal"] = rng.choice(["KILL", "INT", "TERM"])
+            case["at_fraction"] = rng.random()
+            case["pipe"] = rng.random() < 0.25
     return case
 
 
@@ -1267,7 +1365,7 @@ class Case:
 
     def source(self) -> Path:
         pipe = self.case["kind"] in ("restore-signal-pipe", "restore-helper-killed",
-                                     "restore-stream-cut")
+                                     "restore-stream-cut") or self.case.get("pipe", False)
         return self.setup.archive_copies if pipe else self.setup.archive
 
     def restore_args(self, src: str, extra: list[str] = ()) -> list[str]:
@@ -1291,8 +1389,16 @@ class Case:
             config, parts = self.make_store(root)
             src = self.source()
             args = self.restore_args("-" if pipe else str(src))
+            counting = {}
+            if self.setup.shim is not None:
+                counting = {"LD_PRELOAD": str(self.setup.shim),
+                            "IMSF_COUNT_FILE": str(root / "op-counts")}
             rc, out, err, seconds = run_tool("imsrestore", args, config,
-                                             input_bytes=src.read_bytes() if pipe else None)
+                                             input_bytes=src.read_bytes() if pipe else None,
+                                             extra_env=counting)
+            if counting and (root / "op-counts").exists():
+                self.setup.op_counts[key] = {line.split()[0]: int(line.split()[1]) for line in
+                                             (root / "op-counts").read_text().splitlines()}
             if rc not in (0, 1) or TRACEBACK in err.decode():
                 raise SystemExit(f"faults: the clean restore {key} failed: {rc_text(rc)} {err.decode()}")
             restored = json.loads(out)["bytes"] if out.strip() else 0
@@ -1395,7 +1501,7 @@ class Case:
                     n = os.write(proc.stdin.fileno(), view[:1 << 16])
                     written[0] += n
                     view = view[n:]
-            except OSError:
+            except (OSError, ValueError):       # the reader went away, or stdin was closed
                 pass
         thread = threading.Thread(target=writer, daemon=True)
         thread.start()
@@ -1520,6 +1626,43 @@ class Case:
         self.check_after_fault(parts, before, expected, rc)
         self.rerun_and_compare(config, parts, False)
 
+    def run_restore_kill_at_op(self) -> None:
+        """A signal at the Nth rename, link, unlink, mkdir or lock file of the restore: the
+        commit steps of both rules, placed exactly (the LD_PRELOAD shim counts the calls)."""
+        case = self.case
+        pipe = case["pipe"]
+        expected_rc, expected, _ = self.reference(pipe)
+        counts = self.setup.op_counts.get((case["store"], case["names"], pipe), {})
+        total = counts.get(case["op"], 0)
+        if total == 0:
+            self.result.outcome = f"no {case['op']} in this restore"
+            return
+        n = 1 + int(case["at_fraction"] * total)
+        self.result.notes.append(f"SIG{case['signal']} at {case['op']} {n} of {total}")
+        config, parts = self.make_store(self.dir / "store")
+        before = store_listing(parts)
+        src = self.source()
+        extra = {"LD_PRELOAD": str(self.setup.shim), "IMSF_KILL_OP": case["op"],
+                 "IMSF_KILL_AT": str(n), "IMSF_KILL_SIG": str(int(SIGNALS[case["signal"]]))}
+        if pipe:
+            proc = self.restore_popen(config, self.restore_args("-"), stdin=subprocess.PIPE,
+                                      extra_env=extra)
+            self.feed(proc, src.read_bytes())
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        else:
+            proc = self.restore_popen(config, self.restore_args(str(src)), extra_env=extra)
+        rc = self.finish(proc)
+        err = self.err_path.read_bytes()
+        self.check_stderr(err, "imsrestore")
+        self.check_group(proc.pid, "imsrestore")
+        self.result.outcome = f"{case['op']}: {rc_text(rc)}"
+        if rc not in signal_rc(case["signal"]):
+            self.violate(f"imsrestore signalled SIG{case['signal']} at {case['op']} {n}:"
+                         f" {rc_text(rc)}: {err.decode()[:200]}")
+        self.check_after_fault(parts, before, expected, rc)
+        self.rerun_and_compare(config, parts, pipe)
+
     def run_restore_lock(self) -> None:
         case = self.case
         expected_rc, expected, clean_seconds = self.reference(False)
@@ -1618,6 +1761,7 @@ class Case:
             "restore-full-disk": self.run_restore_full_disk,
             "restore-lock": self.run_restore_lock,
             "restore-eio-archive": self.run_restore_eio_archive,
+            "restore-kill-at-op": self.run_restore_kill_at_op,
         }[kind]
         try:
             handler()

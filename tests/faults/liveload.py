@@ -60,6 +60,9 @@ if str(TESTS) not in sys.path:
 
 from archive_reader import read_archive  # noqa: E402  (tests/ on the path first)
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 BIN = Path(sys.executable).parent
 USERS = ["lena", "max", "9lives", "ivy"]
 LOAD_FOLDERS = ["INBOX", "Work"]               # deliveries/appends, flags, expunges
@@ -244,6 +247,10 @@ class Campaign:
         self.errors: list[str] = []
         self.archives: list[Path] = []
         self.admin_counts = collections.Counter()
+        self.shim = None
+        with contextlib.suppress(Exception):
+            import faults       # the fault campaign's shim: signals at an exact call
+            self.shim = faults.build_eio_shim(work)
         self.partition = server.partition("live")
         self.fresh = server.partition("fresh")
         self.config = work / "config"
@@ -456,7 +463,7 @@ class Campaign:
         self.uids.snapshot(user, folder, uidvalidity, uidnext, uids)
 
     def merge(self, archive: Path, contents: dict, user: str, folder: str,
-              client: imaplib.IMAP4, kill: tuple[str, float, int] | None = None) -> None:
+              client: imaplib.IMAP4, kill: tuple[str, float, int, int] | None = None) -> None:
         """Restore the archived folder into the live one (rule 2).  ``kill``: (signal, after
         seconds, --batch): that restore is killed first, then run again to the end."""
         archived = contents.get((user, folder))
@@ -502,22 +509,33 @@ class Campaign:
                 self.model.paused.discard((user, folder))
 
     def killed_restore(self, archive: Path, user: str, folder: str, sig: str, after: float,
-                       batch: int) -> None:
+                       batch: int, at_rename: int) -> None:
+        """A merge killed midway: at its ``at_rename``-th rename (the commit steps, placed
+        by the fault campaign's LD_PRELOAD shim when a C compiler exists), else ``after``
+        seconds past its start-up."""
         env = {k: v for k, v in os.environ.items() if k != "IMS_DEBUG"}
         env["IMS_CONFIG_DIR"] = str(self.config)
+        number = {"KILL": 9, "TERM": 15, "INT": 2}[sig]
+        if self.shim is not None:
+            env.update(LD_PRELOAD=str(self.shim), IMSF_KILL_OP="rename",
+                       IMSF_KILL_AT=str(at_rename), IMSF_KILL_SIG=str(number))
         proc = subprocess.Popen([str(BIN / "imsrestore"), "-f", str(archive), "--batch", str(batch),
                                  f"/live/user/{user}/{folder}"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, env=env)
-        # past the start-up: once the archive is open (a Ctrl-C during Python's imports is
-        # the fault campaign's business)
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline and not self.has_open(proc.pid, archive):
-            time.sleep(0.002)
-        time.sleep(after)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal({"KILL": 9, "TERM": 15, "INT": 2}[sig])
+        if self.shim is None:
+            # past the start-up: once the archive is open (a Ctrl-C during Python's imports
+            # is the fault campaign's business)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline \
+                    and not self.has_open(proc.pid, archive):
+                time.sleep(0.002)
+            time.sleep(after)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(number)
         _, err = proc.communicate(timeout=COMMAND_TIMEOUT)
         self.admin_counts[f"merge killed by SIG{sig}"] += 1
+        if proc.returncode not in (-number, 128 + number, 0):
+            self.findings.add(f"imsrestore killed by SIG{sig}: exit {proc.returncode}: {err.decode()[-300:]}")
         if b"Traceback (most recent call last)" in err:
             self.findings.add(f"imsrestore killed by SIG{sig}: traceback: {err.decode()[-300:]}")
 
@@ -561,7 +579,7 @@ class Campaign:
                     kill = None
                     if action == "killed-merge":
                         kill = (rng.choice(["KILL", "TERM", "INT"]), rng.uniform(0, 0.3),
-                                rng.choice([1, 2, 5]))
+                                rng.choice([1, 2, 5]), rng.randrange(1, 8))
                     self.merge(older, archive_folders(older), user, rng.choice(LOAD_FOLDERS),
                                client_for(user), kill)
                 self.snapshot_all(client_for)

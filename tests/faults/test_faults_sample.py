@@ -23,8 +23,9 @@ import faults  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-EIO_KINDS = [k for k in faults.BACKUP_KINDS + faults.RESTORE_KINDS if "eio" in k]
-OTHER_KINDS = [k for k in faults.BACKUP_KINDS + faults.RESTORE_KINDS if "eio" not in k]
+# the kinds that need the LD_PRELOAD shim (a C compiler): real EIO, a signal at the Nth call
+SHIM_KINDS = [k for k in faults.BACKUP_KINDS + faults.RESTORE_KINDS if "eio" in k or "at-op" in k]
+OTHER_KINDS = [k for k in faults.BACKUP_KINDS + faults.RESTORE_KINDS if k not in SHIM_KINDS]
 
 
 def run_campaign(tmp_path: Path, count: int, kinds: list[str]) -> dict:
@@ -64,16 +65,17 @@ def test_fault_injection_sample(tmp_path):
         assert str(tmp_path) not in mounts.read()
 
 
-def test_fault_injection_eio_sample(tmp_path):
-    """Real EIO (an LD_PRELOAD shim built with the C compiler): reading a message in the
-    middle, writing the archive, reading an archive."""
+def test_fault_injection_shim_sample(tmp_path):
+    """Faults placed by an LD_PRELOAD shim built with the C compiler: real EIO (reading a
+    message in the middle, writing the archive, reading an archive) and a signal at the Nth
+    rename, link, unlink, mkdir or lock file of a restore (its commit steps)."""
     require(os.geteuid() == 0, "root (mount -t tmpfs)")
     require(shutil.which("gcc") is not None or shutil.which("cc") is not None,
-            "a C compiler (gcc) for the EIO shim")
-    data = run_campaign(tmp_path, 12, EIO_KINDS)
+            "a C compiler (gcc) for the fault shim")
+    data = run_campaign(tmp_path, 20, SHIM_KINDS)
     summary = data["summary"]
-    assert summary["faults"] == 12, data["output"]
-    assert sorted(summary["by_kind"]) == sorted(EIO_KINDS), summary
+    assert summary["faults"] == 20, data["output"]
+    assert sorted(summary["by_kind"]) == sorted(SHIM_KINDS), summary
     assert summary["violations"] == 0, violations(data)
     assert data["rc"] == 0, data["output"]
 
