@@ -7,7 +7,7 @@ import os
 import sys
 
 from ims.asm.imsasm import compare, parse_args, recover, save
-from ims.cli.common import Terminated, catch_sigterm, report_unexpected
+from ims.cli.common import Terminated, install_signal_handlers, report_unexpected
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import EXIT_CODE_TABLE, ConfigError, ImsError
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(USAGE + "\n" + EXIT_CODE_TABLE + "\n")
         return 0
-    catch_sigterm()
+    install_signal_handlers()
     try:
         request = parse_args(args)
         config = Config.load(config_dir_path(None))

@@ -23,6 +23,8 @@ import socket
 import struct
 from typing import Any, Callable
 
+from ims.signals import held
+
 _LENGTH = struct.Struct("!Q")
 
 
@@ -89,14 +91,19 @@ class HelperProcess:
 
     def start(self, body: Callable[[Channel], None]) -> Channel:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
+        # the child must not run the parent's Python signal handlers (they raise into a copy
+        # of the parent's stack): signals are held across the fork until it has its own
+        with held():
+            pid = os.fork()
+            if pid == 0:
+                # Ctrl-C is the parent's to handle (it stops this process): a helper dying
+                # first would look like a stream cut short; SIGTERM simply ends it
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if pid == 0:
             code = 0
             try:
                 parent_sock.close()
-                # Ctrl-C is the parent's to handle (it stops this process): a helper dying
-                # first would look like a stream cut short
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 body(Channel(child_sock))
             except BaseException:
                 code = 1

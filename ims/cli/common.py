@@ -35,13 +35,15 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def catch_sigterm() -> None:
+def install_signal_handlers() -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM ``Terminated``: every clean-up runs."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
 
 
 def run(command: click.Command, argv: list[str] | None, prog: str) -> int:
     """Run a click command and return its exit code; errors become one line on stderr."""
-    catch_sigterm()
+    install_signal_handlers()
     try:
         command.main(args=argv, prog_name=prog, standalone_mode=False)
     except CommandResult as result:

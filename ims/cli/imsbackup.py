@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ims.config import config_dir as config_dir_path
 from ims.errors import ConfigError, ExitCode, UsageError, most_serious
 from ims import jobstate
 from ims.names import resolve, validate_encoding
+from ims.signals import held
 from ims.staging import stage
 from ims.store.maildir import LayoutError, MaildirStore
 
@@ -154,6 +156,11 @@ def command(device: str | None, blocking: int, since: str | None, encoding: str,
             click.echo(f"{PROG}: the incomplete archive is left in {output.temp_path}", err=True)
         output.close()
         raise
+    # the point of no return: the archive is complete, so an interrupt from here on would
+    # only make a good archive look failed (it is ignored; the run ends normally)
+    with held():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     output.commit()
     if progress is not None and stderr_is_terminal():
         click.echo("", err=True)

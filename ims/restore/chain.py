@@ -41,7 +41,7 @@ from typing import Callable
 from ims.archive import format as fmt
 from ims.archive.reader import ArchiveReader, MemberDamaged
 from ims.archive.records import ArchiveHeader, FolderRecord, MessageRecord, UserRecord
-from ims.errors import UsageError
+from ims.errors import DeviceError, UsageError
 from ims.restore.engine import Engine
 from ims.restore.selection import Pattern, user_selected
 
@@ -253,7 +253,11 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
 def read_bytes(chain: MergedChain, source: Bytes, name: str) -> bytes:
     number, offset, size, sha, _, _ = source
     reader = chain.readers[number]
-    data = os.pread(reader.fd, size, offset)
+    try:
+        data = os.pread(reader.fd, size, offset)
+    except OSError as exc:
+        raise DeviceError(f"{reader.device_name}: read failed at byte {offset}:"
+                          f" {exc.strerror}") from None
     if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
         raise MemberDamaged(f"{reader.device_name}: {name} at byte {offset}: SHA-256 mismatch,"
                             " the message is damaged")

@@ -38,6 +38,7 @@ from ims.errors import ArchiveDamaged, ExitCode, StoreLocked, most_serious
 from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, plan_folder,
                               plan_message_source, sibling_suffix)
 from ims.restore.selection import Pattern, folder_selected, map_user, user_selected
+from ims.signals import held
 from ims.store.base import FolderWriter, Landed, StoreWriter, UnstorableName
 
 log = logging.getLogger("ims.restore")
@@ -262,16 +263,21 @@ class Engine:
             folder = self.store.free_sibling(user.partition, user.user, folder, self.sibling_suffix)
         listed = {m.key: m.uid for m in record.messages or ()}
         try:
-            if plan.action is Action.WHOLE:
-                assert plan.whole is not None
-                writer = self.store.restore_whole(user.partition, user.user, folder, plan.whole)
-            else:
-                writer = self.store.add_to_folder(user.partition, user.user, folder,
-                                                  not self.options.ignore_existing)
+            # an interrupt lands before the writer exists or once the engine knows it (and
+            # aborts it), never in between with a folder left half-built aside
+            with held():
+                if plan.action is Action.WHOLE:
+                    assert plan.whole is not None
+                    writer = self.store.restore_whole(user.partition, user.user, folder,
+                                                      plan.whole)
+                else:
+                    writer = self.store.add_to_folder(user.partition, user.user, folder,
+                                                      not self.options.ignore_existing)
+                self._folder = _Folder(logical, (user.partition, user.user, folder), plan,
+                                       writer, listed)
         except (OSError, UnstorableName) as exc:
             self._error(self.report.skipped, f"{logical}: {_reason(exc)}")
             return
-        self._folder = _Folder(logical, (user.partition, user.user, folder), plan, writer, listed)
         if not plan.into_sibling:
             user.restored.add(record.folder)
 
@@ -280,7 +286,15 @@ class Engine:
         if folder is None or folder.writer is None:
             return
         try:
-            self.report.add(folder.writer.commit(), folder.logical)
+            try:
+                landed = folder.writer.commit()
+            except BaseException as exc:
+                if not isinstance(exc, (StoreLocked, OSError)):
+                    # interrupted (Ctrl-C, SIGTERM) while it went in: nothing half-built stays
+                    folder.writer.abort()
+                    self.report.add(folder.writer.landed, folder.logical)
+                raise
+            self.report.add(landed, folder.logical)
         except StoreLocked as exc:
             folder.writer.abort()
             self.report.add(folder.writer.landed, folder.logical)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ims.errors import StoreLocked
+from ims.signals import held
 
 LOCK_NAME = "dovecot-uidlist.lock"
 STALE_DEAD_PID_AGE = 2.0
@@ -42,12 +43,22 @@ class FolderLock:
         self.inode: int | None = None
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except BaseException:
+            # an interrupt held off while the lock was made arrives as soon as it is made:
+            # the caller never learns it has it, so it goes here
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
         me = f"{os.getpid()}:{socket.gethostname()}".encode()
         deadline = time.monotonic() + self.timeout
         delay = 0.01
         while True:
-            if self._try_create(me):
-                return
+            with held():
+                if self._try_create(me):
+                    return
             if self._remove_if_stale():
                 continue
             if time.monotonic() >= deadline:
@@ -155,6 +166,10 @@ class FolderLock:
     def release(self) -> None:
         if self.inode is None:
             return
+        with held():
+            self._release()
+
+    def _release(self) -> None:
         try:
             if os.lstat(self.path).st_ino == self.inode:
                 os.unlink(self.path)

@@ -64,6 +64,7 @@ from ims.store.files import read_regular
 from ims.store.base import Landed, LiveFolder, WholeFolder
 from ims.store.lock import FolderLock, process_alive
 from ims.store.maildir import INBOX, MaildirStore, folder_to_dirname, parse_keywords_file
+from ims.signals import held
 from ims.store.subscriptions import merge_subscriptions
 
 _SYSTEM_FLAGS = "DFPRST"
@@ -385,13 +386,14 @@ class NewFolder:
             for fd in (self._subs["cur"], self._subs["new"], self.aside_fd):
                 os.fsync(fd)
         try:
-            rename_noreplace(self.aside_dir, self.aside_name, self.target_dir, self.target_name,
-                             self.shown)
+            with held():
+                rename_noreplace(self.aside_dir, self.aside_name, self.target_dir,
+                                 self.target_name, self.shown)
+                self._committed = True
         except FileExistsError:
             return self._commit_into_existing()
         if self.sync:
             os.fsync(self.target_dir)
-        self._committed = True
         self._count_all()
         self._close()
         return self.landed
@@ -430,8 +432,10 @@ class NewFolder:
         moved: list[tuple[str, str]] = []
         try:
             for _, sub, name, _, _, _ in self.placed:
-                os.rename(name, name, src_dir_fd=self._subs[sub], dst_dir_fd=target_subs[sub])
-                moved.append((sub, name))
+                with held():        # moved and remembered as moved, or neither
+                    os.rename(name, name, src_dir_fd=self._subs[sub],
+                              dst_dir_fd=target_subs[sub])
+                    moved.append((sub, name))
             if self.keywords:
                 replace_file(target_fd, "dovecot-keywords", self._keywords_text(), self.owner,
                              self.sync)
@@ -455,8 +459,10 @@ class NewFolder:
                 replace_file(target_fd, "dovecot-uidlist", self._uidlist_text(), self.owner,
                              self.sync)
         except BaseException:
-            for sub, name in moved:
-                os.rename(name, name, src_dir_fd=target_subs[sub], dst_dir_fd=self._subs[sub])
+            with held():
+                for sub, name in moved:
+                    os.rename(name, name, src_dir_fd=target_subs[sub],
+                              dst_dir_fd=self._subs[sub])
             raise
         finally:
             close_all(target_subs)
@@ -633,6 +639,13 @@ class ExistingFolder:
             merge_next_uid(current.effective_next_uid if current else 1, index_next),
             self.check_existing)
         tmp = self._subs["tmp"]
+        # Decided first, then applied in the order that keeps the folder valid at every
+        # step for Dovecot and for a rerun after an interrupt: keyword names before files
+        # that use their letters; an expunged message's stale uidlist line removed before
+        # its file is back (else the file would come back under that old UID, which
+        # clients saw expunged); files before their lines (a file without a line is
+        # adopted by the next run, with a new UID).
+        moves: list[tuple[str, str, str]] = []          # staged, sub, name
         lines: list[str] = []
         stale: set[str] = set()
         added_keywords = False
@@ -665,7 +678,7 @@ class ExistingFolder:
                 if step.placement is Placement.COPY:
                     # -i: a second copy needs a base name of its own
                     name = name.replace(message.key, f"{message.key}.r{step.uid}", 1)
-                os.rename(staged, name, src_dir_fd=tmp, dst_dir_fd=self._subs[sub])
+                moves.append((staged, sub, name))
                 on_disk[message.key] = (sub, name)
             self.moved[staged] = (sub, name)
             lines.append(f"{step.uid} :{name.partition(':')[0]}")
@@ -677,13 +690,15 @@ class ExistingFolder:
             replace_file(self.fd, "dovecot-keywords",
                          "".join(f"{i} {k}\n" for i, k in enumerate(keywords)), self.owner,
                          self.sync)
+        if stale and current is not None:
+            self._rewrite_without(stale, [], merge_next_uid(current.effective_next_uid,
+                                                            index_next))
+        for staged, sub, name in moves:
+            os.rename(staged, name, src_dir_fd=tmp, dst_dir_fd=self._subs[sub])
         if lines:
             if self.sync:
                 os.fsync(self._subs["cur"])
-            if stale and current is not None:
-                self._rewrite_without(stale, lines, next_uid)
-            else:
-                self._append_lines(current, lines)
+            self._append_lines(current, lines)
 
     def _read_control(self, name: str) -> str | None:
         try:
