@@ -1,6 +1,8 @@
-"""The pristine-INBOX path of a folder restored whole, interrupted after its files were
-moved in: the INBOX Dovecot recreated empty must stay pristine, so that the next run brings
-it back whole with its archived UIDVALIDITY and UIDs (clients' caches stay valid)."""
+"""Commits interrupted at their worst moment.  The pristine-INBOX path of a folder restored
+whole, interrupted after its files were moved in: the INBOX Dovecot recreated empty must
+stay pristine, so that the next run brings it back whole with its archived UIDVALIDITY and
+UIDs (clients' caches stay valid).  A merge interrupted after a file is back: no expunged
+UID comes back to life."""
 
 from __future__ import annotations
 
@@ -74,3 +76,34 @@ def test_an_uninterrupted_fill_lands_with_the_archived_uids(tmp_path):
     assert (inbox / "dovecot-uidlist").read_text().startswith("3 V555 N100")
     assert "7 :1.M1P1.a" in (inbox / "dovecot-uidlist").read_text()
     assert not pristine(inbox)
+
+
+def test_an_interrupt_after_a_merged_file_is_back_never_revives_its_expunged_uid(tmp_path,
+                                                                                monkeypatch):
+    """Dovecot keeps an expunged message's uidlist line until it compacts the file.  The
+    merge removes that stale line before the message's file comes back: interrupted right
+    after the file's rename, the file has no line (the next run gives it a new UID), never
+    the old UID that clients saw expunged."""
+    from ims.store.maildir_write import ExistingFolder
+    folder = tmp_path / "p" / "joe" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "cur" / "1.M1P1.kept:2,S").write_bytes(b"kept")
+    (folder / "dovecot-uidlist").write_text("3 V9 N3\n1 :1.M1P1.kept\n2 :1.M2P2.gone\n")
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    writer = ExistingFolder(tmp_path / "p", ("joe", "Maildir"), fd,
+                            Owner(os.getuid(), os.getgid()), 1.0)
+    writer.add(MessageRecord("1.M2P2.gone", 2, "S", (), 1700000000, False, 4, "0" * 64), b"gone")
+    real_rename = os.rename
+
+    def rename_then_interrupt(*args, **kwargs):
+        real_rename(*args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(maildir_write.os, "rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer.commit()
+    monkeypatch.setattr(maildir_write.os, "rename", real_rename)
+    writer.abort()
+    lines = (folder / "dovecot-uidlist").read_text().splitlines()
+    assert "2 :1.M2P2.gone" not in lines, lines
+    assert any(n.startswith("1.M2P2.gone") for n in os.listdir(folder / "cur"))
