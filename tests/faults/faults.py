@@ -66,17 +66,21 @@ SLACK = 4.0           # seconds allowed beyond a bound on a shared, niced machin
 # -- the store listing -----------------------------------------------------------------------
 
 
-def _uidlist(path: Path) -> tuple[int | None, dict[str, int], list[str]]:
-    """(UIDVALIDITY, base name -> UID, problems) of a dovecot-uidlist v3."""
+def _uidlist(path: Path) -> tuple[int | None, dict[str, int], list[str], int]:
+    """(UIDVALIDITY, base name -> UID, problems, next UID) of a dovecot-uidlist v3; the next
+    UID is the larger of the header's N and the last UID + 1."""
     try:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
-        return None, {}, []
+        return None, {}, [], 1
     lines = text.split("\n")
     uidvalidity = None
+    next_uid = 1
     for word in lines[0].split()[1:]:
         if word.startswith("V") and word[1:].isdigit():
             uidvalidity = int(word[1:])
+        if word.startswith("N") and word[1:].isdigit():
+            next_uid = int(word[1:])
     uids: dict[str, int] = {}
     seen_uids: dict[int, str] = {}
     problems = []
@@ -94,7 +98,8 @@ def _uidlist(path: Path) -> tuple[int | None, dict[str, int], list[str]]:
             problems.append(f"UID {uid} listed twice ({seen_uids[uid]} and {key})")
         uids[key] = uid
         seen_uids[uid] = key
-    return uidvalidity, uids, problems
+        next_uid = max(next_uid, uid + 1)
+    return uidvalidity, uids, problems, next_uid
 
 
 def _keywords(path: Path) -> dict[int, str]:
@@ -113,7 +118,7 @@ def _keywords(path: Path) -> dict[int, str]:
 def folder_listing(folder: Path) -> dict:
     """A folder as the comparison sees it: UIDVALIDITY, [UID, SHA-256, flags] of every message
     file (UID null when the uidlist does not list it), problems (doubled UIDs or names)."""
-    uidvalidity, uids, problems = _uidlist(folder / "dovecot-uidlist")
+    uidvalidity, uids, problems, next_uid = _uidlist(folder / "dovecot-uidlist")
     keywords = _keywords(folder / "dovecot-keywords")
     messages = []
     seen: dict[str, str] = {}
@@ -140,7 +145,8 @@ def folder_listing(folder: Path) -> dict:
                 digest = f"unreadable:{exc.strerror}"
             messages.append([uids.get(key), digest, flags])
     messages.sort(key=lambda m: (m[0] is not None, m[0] or 0, m[1], m[2]))
-    return {"uidvalidity": uidvalidity, "messages": messages, "problems": problems}
+    return {"uidvalidity": uidvalidity, "messages": messages, "problems": problems,
+            "next_uid": next_uid}
 
 
 def _subscriptions(maildir: Path) -> list[str] | None:
@@ -203,9 +209,16 @@ def match_messages(actual: list, expected: list) -> tuple[collections.Counter, c
     return missing, extra
 
 
-def compare_listings(actual: dict, expected: dict, uids: bool = True, limit: int = 6) -> list[str]:
+def compare_listings(actual: dict, expected: dict, uids: bool = True, limit: int = 6,
+                     before: dict | None = None) -> list[str]:
     """Differences between two store listings, in words (empty when equal).  ``uids=False``
-    compares each folder's messages as (SHA-256, flags) multisets, ignoring UIDs."""
+    compares each folder's messages as (SHA-256, flags) multisets, ignoring UIDs.
+
+    ``before``: the store before the restore.  A folder that had handed out UIDs then gets
+    the archived messages it lacked as new mail (rule 2), in an order a fault may change;
+    it is compared as: every message it had still there, unchanged; the same (SHA-256,
+    flags) as ``expected``; every added message with a UID at or above the folder's next
+    UID before the restore (never an old, expunged UID)."""
     diffs: list[str] = []
     for key in sorted(set(actual) | set(expected)):
         a, e = actual.get(key), expected.get(key)
@@ -224,7 +237,25 @@ def compare_listings(actual: dict, expected: dict, uids: bool = True, limit: int
         if a["problems"]:
             diffs.append(f"{key}: {'; '.join(a['problems'][:3])}")
 
-        if uids:
+        live = (before or {}).get(key)
+        if uids and live is not None and live.get("uidvalidity") is not None:
+            kept_missing, _ = match_messages(a["messages"], live["messages"])
+            if kept_missing:
+                diffs.append(f"{key}: {sum(kept_missing.values())} message(s) the folder had are"
+                             f" gone or changed {sorted(kept_missing, key=repr)[:2]}")
+            had = collections.Counter((m[1], m[2]) for m in live["messages"])
+            old_uids = sorted(m[0] for m in a["messages"] if m[0] is not None
+                              and m[0] < live["next_uid"]
+                              and not had[(m[1], m[2])]
+                              and [m[0], m[1], m[2]] not in live["messages"])
+            if old_uids:
+                diffs.append(f"{key}: message(s) added with UIDs below the folder's next UID"
+                             f" {live['next_uid']} before the restore: {old_uids[:5]}"
+                             f" (old UIDs handed out again)")
+            am = collections.Counter((m[1], m[2]) for m in a["messages"])
+            em = collections.Counter((m[1], m[2]) for m in e["messages"])
+            missing, extra = em - am, am - em
+        elif uids:
             missing, extra = match_messages(a["messages"], e["messages"])
         else:
             am = collections.Counter((m[1], m[2]) for m in a["messages"])
@@ -694,7 +725,7 @@ def make_existing(template: Path, users: dict[str, str], rng: random.Random) -> 
         if subfolders:
             shutil.rmtree(subfolders[rng.randrange(len(subfolders))])
         for folder in [maildir] + [p for p in subfolders if p.exists()][:2]:
-            uidvalidity, uids, _ = _uidlist(folder / "dovecot-uidlist")
+            uidvalidity, uids, _, _ = _uidlist(folder / "dovecot-uidlist")
             lines = (folder / "dovecot-uidlist").read_text().split("\n")
             header, body = lines[0], [line for line in lines[1:] if line]
             files = sorted((folder / "cur").iterdir())
@@ -786,13 +817,13 @@ BACKUP_KINDS = ["backup-signal-file", "backup-signal-pipe", "backup-pipe-closed"
                 "backup-helper-killed", "backup-lock-held"]
 RESTORE_KINDS = ["restore-signal-file", "restore-signal-pipe", "restore-helper-killed",
                  "restore-stream-cut", "restore-full-disk", "restore-lock", "restore-eio-archive",
-                 "restore-kill-at-op"]
+                 "restore-kill-at-op", "restore-eio-store"]
 WEIGHTS = {"backup-signal-file": 12, "backup-signal-pipe": 8, "backup-pipe-closed": 5,
            "backup-full-disk": 5, "backup-unreadable": 5, "backup-eio-read": 4,
            "backup-eio-write": 3, "backup-helper-killed": 5, "backup-lock-held": 2,
            "restore-signal-file": 16, "restore-signal-pipe": 10, "restore-helper-killed": 5,
            "restore-stream-cut": 4, "restore-full-disk": 5, "restore-lock": 8,
-           "restore-eio-archive": 3, "restore-kill-at-op": 12}
+           "restore-eio-archive": 3, "restore-kill-at-op": 12, "restore-eio-store": 3}
 
 
 @dataclass
@@ -875,6 +906,8 @@ def draw_case(setup: Setup, kind: str, rng: random.Random, index: int) -> dict:
             case["pick"] = rng.random()
         elif kind == "restore-eio-archive":
             case["at_bytes"] = rng.randrange(0, size)
+        elif kind == "restore-eio-store":
+            case["pick"] = rng.random()
         elif kind == "restore-kill-at-op":
             case["op"] = rng.choice(["rename", "rename", "rename", "link", "unlink", "mkdir",
                                      "lockfile"])
@@ -1001,15 +1034,15 @@ class Case:
             if expect_failure:
                 self.result.notes.append("finished before the fault")
             return
-        if rc == 1:
+        if rc == 1 and not self.python_startup:
             self.violate(f"{what}: exit 1 (complete with skips) for an unfinished backup")
         now = target.read_bytes() if target.exists() else None
-        if now is not None and now != previous and rc is not None and rc < 0:
+        if now is not None and now != previous and rc is not None and (rc < 0 or rc >= 128):
             # killed after the complete, fsynced archive was renamed into place
             rc_t, _, err_t, _ = run_tool("imsrestore", ["-t", "-f", str(target)],
                                          self.setup.golden / "config")
             if rc_t == 0:
-                self.result.notes.append(f"killed after {target.name} was complete and in place")
+                self.result.notes.append(f"signalled after {target.name} was complete and in place")
                 self.verify_archive_restores(target, f"{target.name} of a run killed at its end", set())
                 return
         if now != previous:
@@ -1018,6 +1051,22 @@ class Case:
                          f" {'absent' if previous is None else len(previous)})")
         if partial.exists():
             self.verify_incomplete(partial, f"{partial.name} of {what}")
+        self.rerun_backup(target, what)
+
+    def rerun_backup(self, target: Path, what: str) -> None:
+        """The same backup run again after the failed one (its .partial left behind) must
+        finish: exit 0, a complete archive in place, no .partial."""
+        if not target.parent.exists() or (self.setup.tmpfs and self.setup.tmpfs in target.parents
+                                          and (target.parent / "filler").exists()):
+            return
+        rc, _, err, _ = run_tool("imsbackup", ["-f", str(target), "/"], self.setup.golden / "config")
+        self.check_stderr(err, "the backup run again")
+        if rc != 0:
+            self.violate(f"{what}, run again after the failure: {rc_text(rc)}: {err.decode()[:300]}")
+            return
+        if Path(str(target) + ".partial").exists():
+            self.violate(f"{what}, run again: exit 0 but {target.name}.partial left behind")
+        self.verify_archive_restores(target, f"{what}, run again", set())
 
     def place_previous(self, target: Path, wanted: bool) -> bytes | None:
         if not wanted:
@@ -1430,7 +1479,7 @@ class Case:
             self.result.notes.append(f"SIGKILL left {len(left)} lock/staging file(s)")
 
     def rerun_and_compare(self, config: Path, parts: dict[str, Path], pipe: bool,
-                          uids: bool = True) -> None:
+                          uids: bool = True, before: dict | None = None) -> None:
         expected_rc, expected, _ = self.reference(pipe)
         src = self.source()
         rc, out, err, _ = run_tool("imsrestore", self.restore_args("-" if pipe else str(src)),
@@ -1439,7 +1488,7 @@ class Case:
         if rc != expected_rc:
             self.violate(f"the rerun: {rc_text(rc)} where a clean restore exits {expected_rc}:"
                          f" {err.decode()[:300]}")
-        diffs = compare_listings(store_listing(parts), expected, uids=uids)
+        diffs = compare_listings(store_listing(parts), expected, uids=uids, before=before)
         if diffs:
             self.violate(f"the rerun's store differs from a clean restore's: {diffs}")
         left = leftovers(parts)
@@ -1487,7 +1536,7 @@ class Case:
         elif fired and rc not in signal_rc(sig) and not (rc == expected_rc and not pipe):
             self.violate(f"imsrestore signalled {sig}: {rc_text(rc)}: {err.decode()[:200]}")
         self.check_after_fault(parts, before, expected, rc)
-        self.rerun_and_compare(config, parts, pipe)
+        self.rerun_and_compare(config, parts, pipe, before=before)
 
     def feed(self, proc: subprocess.Popen, data: bytes) -> int:
         """Write ``data`` to the restore's stdin from a thread (it may block); return what
@@ -1546,7 +1595,7 @@ class Case:
         if rc == 4 and "archive reader" not in err.decode():
             self.violate(f"exit 4 without naming the archive reader: {err.decode()[:200]}")
         self.check_after_fault(parts, before, expected, rc)
-        self.rerun_and_compare(config, parts, True)
+        self.rerun_and_compare(config, parts, True, before=before)
 
     def run_restore_stream_cut(self) -> None:
         case = self.case
@@ -1573,7 +1622,7 @@ class Case:
         # a cut stream commits the folder in progress (documented): no atomicity, and the
         # rerun lands the rest as new mail (new UIDs)
         self.check_after_fault(parts, before, expected, rc, whole_atomic=False)
-        self.rerun_and_compare(config, parts, True, uids=False)
+        self.rerun_and_compare(config, parts, True, uids=False, before=before)
 
     def run_restore_full_disk(self) -> None:
         case = self.case
@@ -1599,7 +1648,7 @@ class Case:
                 self.result.outcome = "enough space"
             self.check_after_fault(parts, before, expected, rc)
             filler.unlink()
-            self.rerun_and_compare(config, parts, False)
+            self.rerun_and_compare(config, parts, False, before=before)
         finally:
             if self.result.violations:
                 subprocess.run(["cp", "-a", str(root), str(self.dir / "on-tmpfs")], check=False)
@@ -1624,7 +1673,7 @@ class Case:
             self.violate(f"imsrestore with EIO at archive byte {case['at_bytes']}: {rc_text(rc)}:"
                          f" {err.decode()[:200]}")
         self.check_after_fault(parts, before, expected, rc)
-        self.rerun_and_compare(config, parts, False)
+        self.rerun_and_compare(config, parts, False, before=before)
 
     def run_restore_kill_at_op(self) -> None:
         """A signal at the Nth rename, link, unlink, mkdir or lock file of the restore: the
@@ -1661,7 +1710,34 @@ class Case:
             self.violate(f"imsrestore signalled SIG{case['signal']} at {case['op']} {n}:"
                          f" {rc_text(rc)}: {err.decode()[:200]}")
         self.check_after_fault(parts, before, expected, rc)
-        self.rerun_and_compare(config, parts, pipe)
+        self.rerun_and_compare(config, parts, pipe, before=before)
+
+    def run_restore_eio_store(self) -> None:
+        """Every write under one user's directory fails with EIO (a failing disk under part
+        of the store): the rest lands, the user's folders are named, and once the disk is
+        good again a rerun gives what a clean restore gives."""
+        case = self.case
+        expected_rc, expected, _ = self.reference(False)
+        config, parts = self.make_store(self.dir / "store")
+        before = store_listing(parts)
+        users = sorted({k.split("/")[1] for k in expected})
+        user = users[int(case["pick"] * len(users))]
+        extra = {"LD_PRELOAD": str(self.setup.shim), "IMSF_EIO_MODE": "w",
+                 "IMSF_EIO_PATH": f"/{user}/", "IMSF_EIO_OFFSET": "0"}
+        self.result.notes.append(f"EIO writing under {user}")
+        proc = self.restore_popen(config, self.restore_args(str(self.source())), extra_env=extra)
+        rc = self.finish(proc)
+        err = self.err_path.read_bytes()
+        self.check_stderr(err, "imsrestore")
+        self.check_group(proc.pid, "imsrestore")
+        self.result.outcome = rc_text(rc)
+        if rc not in (1, 6) and not (rc == expected_rc and "Input/output" not in err.decode()):
+            self.violate(f"imsrestore with EIO writing under {user}: {rc_text(rc)}:"
+                         f" {err.decode()[:200]}")
+        if rc in (1, 6) and "Input/output error" not in err.decode():
+            self.violate(f"{rc_text(rc)} without naming the I/O error: {err.decode()[:200]}")
+        self.check_after_fault(parts, before, expected, rc)
+        self.rerun_and_compare(config, parts, False, before=before)
 
     def run_restore_lock(self) -> None:
         case = self.case
@@ -1739,7 +1815,7 @@ class Case:
                                ignore=(lock,) if blocking else ())
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
-        self.rerun_and_compare(config, parts, False)
+        self.rerun_and_compare(config, parts, False, before=before)
 
     def run(self) -> Result:
         started = time.monotonic()
@@ -1762,6 +1838,7 @@ class Case:
             "restore-lock": self.run_restore_lock,
             "restore-eio-archive": self.run_restore_eio_archive,
             "restore-kill-at-op": self.run_restore_kill_at_op,
+            "restore-eio-store": self.run_restore_eio_store,
         }[kind]
         try:
             handler()
