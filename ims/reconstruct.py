@@ -602,6 +602,7 @@ class _Plan:
     lines: list[UidlistLine] = field(default_factory=list)
     next_uid: int = 1
     new_uidvalidity: bool = False
+    uidvalidity: int | None = None      # for a uidlist that is started anew
     rewrite: bool = False
     drop_index: str | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)          # kind, what was done
@@ -825,15 +826,22 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
                 " (letter a is 0) while holding dovecot-uidlist.lock, if the names are known")
 
     if uidlist is None and snap.uidlist_error is None:
-        if snap.files or (index.built and index.uids):
-            problem("uidvalidity-missing", "no dovecot-uidlist while the folder holds"
-                    f" {len(snap.files)} message files: no UIDVALIDITY, no UIDs",
-                    f"{fix} starts a uidlist with a new UIDVALIDITY (clients resync the"
-                    " folder); Dovecot gives the messages UIDs")
-            plan.new_uidvalidity = plan.rewrite = True
-            plan.next_uid = max(index.next_uid, 1)
-            plan.drop_index = "it belongs to the lost uidlist"
-        _rename_targets(plan, snap, place, found, [], max(index.next_uid, 1))
+        if index.built and index.uidvalidity is not None and not index.conflict:
+            # Dovecot would take the index's UIDVALIDITY and give the files new UIDs above
+            # its next UID: written down now, under the lock, so nothing can reuse a UID
+            problem("uidlist-missing", f"{UIDLIST} is gone; the index knew UIDVALIDITY"
+                    f" {index.uidvalidity} and UIDs up to {index.next_uid - 1}: the"
+                    f" {len(snap.files)} message files come back under new UIDs",
+                    f"{fix} starts a uidlist with that UIDVALIDITY and next UID {index.next_uid}"
+                    " (no UID is handed out twice); Dovecot gives the messages new UIDs and"
+                    " clients see them as new mail")
+            plan.rewrite = True
+            plan.uidvalidity = index.uidvalidity
+            plan.next_uid = index.next_uid
+        elif snap.files:
+            notice("new-messages", f"no {UIDLIST} yet (a folder Dovecot has not opened):"
+                   " Dovecot starts one when it first opens the folder")
+        _rename_targets(plan, snap, place, found, [], plan.next_uid)
         return found, plan
     if uidlist is None:
         problem("uidlist-unreadable", f"{UIDLIST}: {snap.uidlist_error}",
@@ -1554,7 +1562,7 @@ class Reconstruct:
             self._act(place, kind, text)
         if not plan.rewrite and plan.drop_index is None:
             return False
-        uidlist = snap.uidlist or UidlistFile(["3"], None, 1, [], [])
+        uidlist = snap.uidlist or UidlistFile(["3"], plan.uidvalidity, 1, [], [])
         uidvalidity = uidlist.uidvalidity
         if plan.new_uidvalidity:
             uidvalidity = counter.allocate(folder)
