@@ -19,6 +19,11 @@ from ims.errors import ArchiveDamaged
 # a reader needs about five times the member's size in memory to parse and check it.
 MAX_JSON_MEMBER = 1 << 30
 
+# Nesting of a JSON member: the writer's are at most four levels deep.  A deeper one (only
+# damage or malice makes it) would exhaust Python's recursion when parsed, shown or handed
+# between processes.
+MAX_JSON_DEPTH = 32
+
 # A pax extended header: paths, keywords and the IMS.* records of one member (kilobytes).
 MAX_PAX_PAYLOAD = 1 << 20
 

@@ -29,8 +29,8 @@ from typing import Any, Iterator
 from ims.archive import format as fmt
 from ims.archive import limits
 from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
-                               decode_record, spool)
-from ims.archive.records import ArchiveHeader, TrailerRecord
+                               decode_record, parse_json, spool)
+from ims.archive.records import ArchiveHeader, TrailerRecord, shown
 from ims.errors import ArchiveDamaged, DeviceError
 from ims.helper import Channel, HelperProcess
 
@@ -90,10 +90,15 @@ class PrefetchReader:
             _, slot, entries = item
             self._release()
             self._slot = slot
-            for fields, body, decoded, data in entries:
+            for fields, payload, decoded, data in entries:
                 member = Member(*fields)
-                member.body = body
-                if decoded is None:             # a JSON member: decoded here
+                if payload is not None:         # a JSON member: parsed and decoded here
+                    try:
+                        member.body = parse_json(payload, self.device_name, member)
+                    except ArchiveDamaged:
+                        self._release()
+                        raise
+                if decoded is None:
                     decode_record(member)
                 else:                           # a message: decoded (validated) in the child,
                     member.record, member.invalid = decoded   # alongside this one's writing
@@ -113,10 +118,10 @@ class PrefetchReader:
     def read_data(self, member: Member) -> memoryview:
         ref = self._data.pop(id(member), None)
         if ref is None:
-            raise ArchiveDamaged(f"{self.device_name}: {member.name}: no data")
+            raise ArchiveDamaged(f"{self.device_name}: {shown(member.name)}: no data")
         if ref == LARGE:
             if member.size > limits.MESSAGE_IN_MEMORY:
-                return spool(self._chunk_items(), f"{self.device_name}: {member.name}")
+                return spool(self._chunk_items(), f"{self.device_name}: {shown(member.name)}")
             collected = bytearray()
             for chunk in self._chunk_items():
                 collected += chunk
@@ -161,6 +166,8 @@ class PrefetchReader:
     def _child(self, channel: Channel, fd: int, blocking_factor: int) -> None:
         reader = ArchiveReader(fd, self.device_name, blocking_factor)
         reader.decode_kinds = frozenset((fmt.MESSAGE,))
+        # JSON travels as text: a parsed object may be too deep to pickle
+        reader.json_kinds = frozenset()
         free = list(range(SLOTS))
         lock = threading.Lock()
         batch: dict[str, Any] = {"slot": None, "used": 0, "entries": [], "waiting_since": None}
@@ -249,7 +256,8 @@ class PrefetchReader:
                     fields = (member.name, member.typeflag, member.size, member.mtime,
                               member.linkname, member.pax, member.offset, member.data_offset)
                     decoded = (member.record, member.invalid) if member.kind == fmt.MESSAGE else None
-                    batch["entries"].append((fields, member.body, decoded, data_ref))
+                    payload = member.payload if member.kind != fmt.TRAILER else None
+                    batch["entries"].append((fields, payload, decoded, data_ref))
                     if (large or member.kind == fmt.TRAILER or batch["used"] >= BATCH_BYTES
                             or len(batch["entries"]) >= BATCH_ITEMS):
                         flush()

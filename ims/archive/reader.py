@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from ims.archive import format as fmt
 from ims.archive import limits
 from ims.archive.records import (ArchiveHeader, FolderRecord, MessageRecord, RecordError,
-                                 TrailerRecord, UserRecord)
+                                 TrailerRecord, UserRecord, shown, valid_link_target)
 from ims.errors import ArchiveDamaged, DeviceError
 
 _CHUNK = 1 << 20
@@ -61,6 +61,7 @@ class Member:
     offset: int                       # first header block
     data_offset: int = 0
     body: Any = None                  # parsed JSON of metadata members
+    payload: bytes | None = None      # their JSON text, when left unparsed (``json_kinds``)
     record: Any = None                # its typed record (ims.archive.records), once decoded
     invalid: str | None = None        # why the record could not be decoded
 
@@ -136,10 +137,12 @@ def decode_record(member: Member) -> None:
     (``member.invalid``); JSON members need ``body`` parsed first."""
     try:
         kind = member.kind
-        where = f"{member.name} at byte {member.offset}"
+        where = f"{shown(member.name)} at byte {member.offset}"
         if kind == fmt.MESSAGE:
             if member.typeflag not in (fmt.REGULAR, fmt.HARDLINK):
                 raise RecordError(f"{where}: member type {member.typeflag!r} is not a message")
+            if member.is_link and not valid_link_target(member.linkname):
+                raise RecordError(f"{where}: link target {member.linkname!r} is not a member name")
             member.record = MessageRecord.decode(member.pax, member.name, member.size,
                                                  member.mtime, member.is_link)
         elif kind == fmt.USER:
@@ -175,6 +178,9 @@ class ArchiveReader:
         # which members ``members`` decodes into records (the prefetching child leaves the
         # JSON ones to its parent, to balance the work of the two processes)
         self.decode_kinds = frozenset((fmt.USER, fmt.FOLDER, fmt.MESSAGE))
+        # which JSON members ``members`` parses; the others keep their text in ``payload``
+        # (the prefetching child hands text, not objects of any depth, to its parent)
+        self.json_kinds = frozenset((fmt.USER, fmt.FOLDER, fmt.HEADER))
         self._pending = 0           # unread data bytes (with padding) of the current member
         self._pending_digest = False
 
@@ -190,6 +196,16 @@ class ArchiveReader:
                              " before its trailer: it is incomplete")
         self.offset += count
         return data
+
+    def _pread(self, count: int, position: int) -> bytes:
+        try:
+            return os.pread(self.fd, count, position)
+        except OSError as exc:
+            raise DeviceError(f"{self.device_name}: read failed at byte {position}:"
+                              f" {exc.strerror}") from None
+
+    def _where(self, member: Member) -> str:
+        return f"{self.device_name}: {shown(member.name)} at byte {member.offset}"
 
     def _skip(self, count: int, digest: bool) -> None:
         if self.seekable and not digest and count > _CHUNK:
@@ -229,8 +245,13 @@ class ArchiveReader:
         return member
 
     def read_json(self, member: Member) -> Any:
+        member.body = parse_json(self.read_payload(member), self.device_name, member)
+        return member.body
+
+    def read_payload(self, member: Member) -> bytes:
+        """A JSON member's text (its digest taken), unparsed."""
         if member.size > limits.MAX_JSON_MEMBER:
-            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+            raise ArchiveDamaged(f"{self._where(member)}:"
                                  f" metadata of {member.size} bytes is over the limit of"
                                  f" {limits.MAX_JSON_MEMBER}")
         digest = self._pending_digest
@@ -238,21 +259,15 @@ class ArchiveReader:
         if digest:
             self.digest.update(raw)
         self._pending = 0
-        try:
-            member.body = json.loads(raw[:member.size].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
-                                 " metadata is not valid JSON") from None
-        if not isinstance(member.body, dict):
-            raise ArchiveDamaged(f"{self.device_name}: {member.name}: metadata is not an object")
-        return member.body
+        member.payload = raw[:member.size]
+        return member.payload
 
     def read_data(self, member: Member) -> bytes | memoryview:
         """The whole data of a message member, checked against IMS.size and IMS.sha256; over
         ``MESSAGE_IN_MEMORY`` a read-only mapping of the archive file or of a spooled copy."""
         if member.size > limits.MESSAGE_IN_MEMORY:
             if not self.seekable:
-                return spool(self.iter_data(member), f"{self.device_name}: {member.name}")
+                return spool(self.iter_data(member), self._where(member))
             padded = self._pending
             self._pending = 0
             self._skip(padded, digest=False)        # Incomplete when the file is shorter
@@ -288,17 +303,17 @@ class ArchiveReader:
         the mapping is in use: a page past its end would raise SIGBUS.)"""
         start, size = member.data_offset, member.size
         if start + size > os.fstat(self.fd).st_size:
-            raise Incomplete(f"{self.device_name}: {member.name}: the archive ends inside it")
+            raise Incomplete(f"{self._where(member)}: the archive ends inside it")
         base = start - start % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(self.fd, start - base + size, access=mmap.ACCESS_READ, offset=base)
         return memoryview(mapping)[start - base:]
 
     def _check(self, member: Member, sha: str) -> None:
         if member.pax.get(fmt.SHA256_KEY) != sha:
-            raise MemberDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+            raise MemberDamaged(f"{self._where(member)}:"
                                 " SHA-256 mismatch, the message is damaged")
         if member.pax.get(fmt.SIZE_KEY) != str(member.size):
-            raise MemberDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+            raise MemberDamaged(f"{self._where(member)}:"
                                 " size does not match IMS.size")
 
     # -- sequential reading ----------------------------------------------------------
@@ -326,7 +341,10 @@ class ArchiveReader:
                 yield member
                 return
             if kind in (fmt.USER, fmt.FOLDER, fmt.HEADER):
-                self.read_json(member)
+                if kind in self.json_kinds:
+                    self.read_json(member)
+                else:
+                    self.read_payload(member)
                 if kind == fmt.FOLDER:
                     self.stats.folders += 1
             elif kind == fmt.MESSAGE:
@@ -355,6 +373,12 @@ class ArchiveReader:
                                  f" not valid: {'; '.join(problems)}")
         if self._read(2 * fmt.BLOCK) != fmt.END_OF_ARCHIVE:
             raise ArchiveDamaged(f"{self.device_name}: no end-of-archive blocks after the trailer")
+        # the stream is whole records (docs/archive-format.md §1, §6): one cut in the last
+        # record's padding is cut short too
+        padding = self._read(-self.offset % (fmt.BLOCK * self.blocking_factor))
+        if padding.count(0) != len(padding):
+            raise ArchiveDamaged(f"{self.device_name}: the padding of the last record is not"
+                                 " NUL bytes")
         self.trailer = trailer
 
     # -- random access (seekable archives) -------------------------------------------
@@ -372,7 +396,7 @@ class ArchiveReader:
         while end > 0 and self.file_size - end <= reach:
             start = max(0, end - window, self.file_size - reach)
             start -= start % fmt.BLOCK
-            data = os.pread(self.fd, end - start, start)
+            data = self._pread(end - start, start)
             position = len(data)
             while (position := data.rfind(name, 0, position)) >= 0:
                 if position % fmt.BLOCK == 0:
@@ -396,7 +420,7 @@ class ArchiveReader:
             if candidate < 0:
                 break
             try:
-                earlier = fmt.parse_header_fast(os.pread(self.fd, fmt.BLOCK, candidate))
+                earlier = fmt.parse_header_fast(self._pread(fmt.BLOCK, candidate))
             except fmt.FormatError:
                 continue
             if earlier[0] == fmt.PAX:
@@ -411,7 +435,7 @@ class ArchiveReader:
 
         def read(count: int) -> bytes:
             nonlocal position
-            data = os.pread(self.fd, count, position)
+            data = self._pread(count, position)
             if len(data) < count:
                 raise fmt.FormatError("the archive ends inside a header")
             position += count
@@ -427,18 +451,19 @@ class ArchiveReader:
         if member.size > limits.MAX_JSON_MEMBER:
             return None
         try:
-            return json.loads(os.pread(self.fd, member.size, member.data_offset))
-        except ValueError:
+            return parse_json(self._pread(member.size, member.data_offset), self.device_name,
+                              member)
+        except ArchiveDamaged:
             return None
 
     def json_at(self, member: Member) -> Any:
         if member.size > limits.MAX_JSON_MEMBER:
-            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+            raise ArchiveDamaged(f"{self._where(member)}:"
                                  f" metadata of {member.size} bytes is over the limit of"
                                  f" {limits.MAX_JSON_MEMBER}")
         body = self._json_at(member)
         if not isinstance(body, dict):
-            raise ArchiveDamaged(f"{self.device_name}: {member.name} at byte {member.offset}:"
+            raise ArchiveDamaged(f"{self._where(member)}:"
                                  " metadata is not valid JSON")
         member.body = body
         return body
@@ -453,9 +478,9 @@ class ArchiveReader:
         parts = []
         position, left = member.data_offset, member.size
         while left:
-            chunk = os.pread(self.fd, min(left, _CHUNK), position)
+            chunk = self._pread(min(left, _CHUNK), position)
             if not chunk:
-                raise Incomplete(f"{self.device_name}: {member.name}: the archive ends inside it")
+                raise Incomplete(f"{self._where(member)}: the archive ends inside it")
             parts.append(chunk)
             position += len(chunk)
             left -= len(chunk)
@@ -476,6 +501,37 @@ class ArchiveReader:
             yield member
             data_size = 0 if member.is_link else member.size
             position = member.data_offset + data_size + len(fmt.padding(data_size))
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def parse_json(raw: bytes, device_name: str, member: Member) -> dict[str, Any]:
+    """A JSON member's object; ``ArchiveDamaged`` naming it when the text is not JSON, not
+    an object, or nested deeper than ``limits.MAX_JSON_DEPTH``.
+
+    The depth is judged from the brackets alone (each pass removes the innermost pairs; C
+    speed, where walking a folder state of millions of entries would add a third to its
+    cost).  Brackets inside strings can make it look shallower than it is: parsing may
+    then still run out of recursion, which is caught too (``RecursionError`` is not a
+    ``ValueError``); the records kept whole check their depth exactly (records.py)."""
+    where = f"{device_name}: {shown(member.name)} at byte {member.offset}"
+    brackets = raw.translate(None, _NOT_BRACKETS)
+    for _ in range(limits.MAX_JSON_DEPTH + 1):
+        inner_removed = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if len(inner_removed) == len(brackets):
+            break
+        brackets = inner_removed
+    else:
+        raise ArchiveDamaged(f"{where}: metadata nested deeper than {limits.MAX_JSON_DEPTH}"
+                             " levels")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ArchiveDamaged(f"{where}: metadata is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ArchiveDamaged(f"{where}: metadata is not an object")
+    return body
 
 
 def spool(chunks: Iterable[bytes], what: str) -> memoryview:
@@ -527,9 +583,9 @@ def peek_header(data: bytes) -> ArchiveHeader | None:
         member, _ = parse_member(read, 0)
         if member.kind != fmt.HEADER:
             return None
-        body = json.loads(read(member.size))
-        if not isinstance(body, dict) or body.get("format") != fmt.FORMAT_NAME:
+        body = parse_json(read(member.size), "the archive", member)
+        if body.get("format") != fmt.FORMAT_NAME:
             return None
         return ArchiveHeader.decode(body, "the archive header")
-    except (fmt.FormatError, ValueError, RecordError):
+    except (fmt.FormatError, ArchiveDamaged):
         return None

@@ -39,6 +39,19 @@ class RecordError(ArchiveDamaged):
     """A member whose values are not what the format allows."""
 
 
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` has containers nested deeper than ``limit`` (walked without
+    recursion: the point is a value too deep for it)."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
 # -- names -------------------------------------------------------------------------------
 
 def valid_partition(name: object) -> bool:
@@ -63,12 +76,14 @@ def valid_folder(folder: object) -> bool:
                for level in folder.split("/"))
 
 
-_KEY = re.compile(r"[^./:\x00-\x1f\x7f][^/:\x00-\x1f\x7f]*\Z")
+# lone surrogates: bytes that were not UTF-8 in the archive (decoded with surrogateescape)
+_KEY = re.compile("[^./:\x00-\x1f\x7f\ud800-\udfff][^/:\x00-\x1f\x7f\ud800-\udfff]*\\Z")
 
 
 def valid_key(key: object) -> bool:
     """A message's stable name inside its folder (the Maildir base name): not empty, no
-    leading dot (so neither ``.`` nor ``..``), no ``/``, ``:`` or control characters."""
+    leading dot (so neither ``.`` nor ``..``), no ``/``, ``:``, control characters or bytes
+    that were not UTF-8."""
     return isinstance(key, str) and _KEY.match(key) is not None
 
 
@@ -78,11 +93,24 @@ def valid_keyword(name: object) -> bool:
         and not _KEYWORD_BAD.search(name)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def _has_control(text: str) -> bool:
+    """Control characters, or bytes that were not UTF-8 in the archive (names are UTF-8,
+    docs/archive-format.md §3; such a name could not be written to a report or a
+    references file)."""
     return _CONTROL.search(text) is not None
+
+
+def shown(name: str) -> str:
+    """A name from an archive as an error message may show it: on one line, printable
+    (quoted and escaped when it holds control characters or bytes that were not UTF-8)."""
+    return ascii(name) if _has_control(name) else name
+
+
+def valid_link_target(name: object) -> bool:
+    return isinstance(name, str) and not _has_control(name)
 
 
 # -- value checks --------------------------------------------------------------------------
@@ -143,6 +171,23 @@ class _Check:
                 raise self.fail(f"invalid {what} {item!r} in {key}")
         return tuple(value)
 
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of strings (free text, such as logical names); absent or null is empty."""
+        value = self.body.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.fail(f"{key} is not a list of strings")
+        return tuple(value)
+
+    def entries(self, key: str) -> list[Any]:
+        value = self.body.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(f"{key} is not a list")
+        return value
+
     def flags(self, value: Any) -> str:
         if not isinstance(value, str) or not set(value) <= SYSTEM_FLAGS:
             raise self.fail(f"flags {value!r} are not Maildir system flag letters")
@@ -179,6 +224,9 @@ class ArchiveHeader:
     @classmethod
     def decode(cls, body: Mapping[str, Any], where: str) -> "ArchiveHeader":
         c = _Check(where, body)
+        # kept whole (``raw``, which imsrestore -h prints): no deeper than a reader can show
+        if _nested_deeper(body, limits.MAX_JSON_DEPTH):
+            raise c.fail(f"nested deeper than {limits.MAX_JSON_DEPTH} levels")
         created = c.integer("created", 0, TIME_MAX)
         archive_id = c.text("archive_id", optional=True)
         if archive_id is not None and not re.fullmatch(r"[0-9a-f]{32}", archive_id):
@@ -234,7 +282,7 @@ class UserRecord:
                    # a subscription to a name we could not restore is dropped, not an error
                    subscriptions=tuple(s for s in subscriptions if valid_folder(s)),
                    folders=c.names("folders", valid_folder, "folder"),
-                   excluded_folders=tuple(str(f) for f in body.get("excluded_folders") or []))
+                   excluded_folders=c.strings("excluded_folders"))
 
     def encode(self) -> dict[str, Any]:
         return {"partition": self.partition, "user": self.user, "group": self.group,
@@ -453,12 +501,14 @@ class TrailerRecord:
     @classmethod
     def decode(cls, body: Mapping[str, Any], where: str) -> "TrailerRecord":
         c = _Check(where, body)
+        if _nested_deeper(body, limits.MAX_JSON_DEPTH):
+            raise c.fail(f"nested deeper than {limits.MAX_JSON_DEPTH} levels")
         big = 2**62
         counts = body.get("counts") or {}
         if not isinstance(counts, dict):
             raise c.fail("counts is not an object")
         folders = []
-        for entry in body.get("index") or []:
+        for entry in c.entries("index"):
             e = _Check(where + " (index)", entry if isinstance(entry, dict) else {})
             offset, end = e.integer("offset", 0, big), e.integer("end", 0, big)
             if end < offset:
@@ -468,7 +518,7 @@ class TrailerRecord:
                                         e.name("folder", valid_folder, "folder"),
                                         offset, end, e.integer("messages", 0, big)))
         users = []
-        for entry in body.get("users") or []:
+        for entry in c.entries("users"):
             e = _Check(where + " (users)", entry if isinstance(entry, dict) else {})
             users.append(UserExtent(e.name("partition", valid_partition, "partition"),
                                     e.name("user", valid_user, "user"),
@@ -476,8 +526,7 @@ class TrailerRecord:
                                     e.integer("offset", 0, big)))
         return cls(trailer_offset=c.integer("trailer_offset", 0, big),
                    digest=c.text("digest") or "", counts=dict(counts),
-                   skipped=tuple(str(s) for s in body.get("skipped") or []),
-                   excluded_folders=tuple(str(s) for s in body.get("excluded_folders") or []),
+                   skipped=c.strings("skipped"), excluded_folders=c.strings("excluded_folders"),
                    folders=tuple(folders), users=tuple(users), raw=dict(body))
 
     def folder(self, partition: str, user: str, folder: str) -> FolderExtent | None:

@@ -232,7 +232,8 @@ def test_a_member_claiming_more_than_the_message_limit_ends_reading(tmp_path):
     archive.counts["messages"] += 1
     archive.close()
     for how in ("file", "pipe"):
-        fd, feeder = feed_pipe(archive.path) if how == "pipe" else (os.open(archive.path, os.O_RDONLY), None)
+        fd, feeder = feed_pipe(archive.path) if how == "pipe" else \
+            (os.open(archive.path, os.O_RDONLY), None)
         reader = ArchiveReader(fd, "a", 20)
         try:
             reader.read_header()
@@ -331,12 +332,14 @@ def test_a_message_above_the_memory_bound_arrives_whole_as_a_mapping(big_archive
     (the archive itself, or a temporary copy of a stream), never as bytes in memory."""
     path, data, _ = big_archive
     key = "primary/amy/INBOX/1.M1P1.a"
-    fd, feeder = feed_pipe(path) if how in ("pipe", "prefetch") else (os.open(path, os.O_RDONLY), None)
+    fd, feeder = feed_pipe(path) if how in ("pipe", "prefetch") else \
+        (os.open(path, os.O_RDONLY), None)
     reader = PrefetchReader(fd, "stdin", 20) if how == "prefetch" else ArchiveReader(fd, "a", 20)
     try:
         if how == "by offset":
             trailer = reader.locate_trailer()
-            members = list(reader.members_between(trailer.folders[0].offset, trailer.folders[0].end))
+            extent = trailer.folders[0]
+            members = list(reader.members_between(extent.offset, extent.end))
             view = reader.data_at(next(m for m in members if m.name == key))
         else:
             reader.read_header()
