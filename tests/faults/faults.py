@@ -520,13 +520,14 @@ ssize_t preadv64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flag
 
 ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) { return preadv64v2(fd, iov, cnt, off, flags); }
 
-/* IMSF_KILL_OP (rename, link, unlink, mkdir, lockfile) and IMSF_KILL_AT=N, IMSF_KILL_SIG=S:
-   the process sends itself signal S at its Nth such call (before the call; for lockfile, a
-   file named *.lock* created with O_EXCL, just after it, before anything is written in it).
+/* IMSF_KILL_OP (rename, link, unlink, mkdir, lockfile, create) and IMSF_KILL_AT=N,
+   IMSF_KILL_SIG=S: the process sends itself signal S at its Nth such call (before the call;
+   for lockfile, a file named *.lock* created with O_EXCL, and create, any other file created
+   with O_EXCL: just after it, before anything is written in it).
    IMSF_COUNT_FILE: at exit, write how many of each the process made. */
 
-enum { OP_RENAME, OP_LINK, OP_UNLINK, OP_MKDIR, OP_LOCKFILE, OP_COUNT };
-static const char *OP_NAMES[OP_COUNT] = {"rename", "link", "unlink", "mkdir", "lockfile"};
+enum { OP_RENAME, OP_LINK, OP_UNLINK, OP_MKDIR, OP_LOCKFILE, OP_CREATE, OP_COUNT };
+static const char *OP_NAMES[OP_COUNT] = {"rename", "link", "unlink", "mkdir", "lockfile", "create"};
 static long op_counts[OP_COUNT];
 static pid_t first_pid;
 
@@ -579,10 +580,9 @@ int mkdirat(int fd, const char *a, mode_t mode) {
 }
 
 static void lock_created(const char *path, int flags, int fd) {
-    size_t n = strlen(path);
-    (void)n;   /* a lock, or the temporary file a lock is written in before it is linked */
-    if (fd >= 0 && (flags & O_EXCL) && (flags & O_CREAT) && strstr(path, ".lock"))
-        op_hit(OP_LOCKFILE);
+    if (fd < 0 || !(flags & O_EXCL) || !(flags & O_CREAT)) return;
+    /* a lock, or the temporary file a lock is written in before it is linked */
+    op_hit(strstr(path, ".lock") ? OP_LOCKFILE : OP_CREATE);
 }
 
 static mode_t mode_of(int flags, va_list ap) {
@@ -910,7 +910,7 @@ def draw_case(setup: Setup, kind: str, rng: random.Random, index: int) -> dict:
             case["pick"] = rng.random()
         elif kind == "restore-kill-at-op":
             case["op"] = rng.choice(["rename", "rename", "rename", "link", "unlink", "mkdir",
-                                     "lockfile"])
+                                     "lockfile", "create", "create"])
             case["signal"] = rng.choice(["KILL", "INT", "TERM"])
             case["at_fraction"] = rng.random()
             case["pipe"] = rng.random() < 0.25
@@ -1676,8 +1676,9 @@ class Case:
         self.rerun_and_compare(config, parts, False, before=before)
 
     def run_restore_kill_at_op(self) -> None:
-        """A signal at the Nth rename, link, unlink, mkdir or lock file of the restore: the
-        commit steps of both rules, placed exactly (the LD_PRELOAD shim counts the calls)."""
+        """A signal at the Nth rename, link, unlink, mkdir, lock file or file created of the
+        restore: the commit steps of both rules, placed exactly (the LD_PRELOAD shim counts
+        the calls)."""
         case = self.case
         pipe = case["pipe"]
         expected_rc, expected, _ = self.reference(pipe)
