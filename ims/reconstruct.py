@@ -964,6 +964,14 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
                     + " removes dovecot.index* (Dovecot rebuilds them; the folder's modseq is"
                     " seeded above the clock, so QRESYNC clients resync)")
             plan.drop_index = plan.drop_index or stale
+    if ctx.restored and not index.present and uidlist.uidvalidity is not None \
+            and plan.drop_index is None:
+        # restored without its index: Dovecot would count its modseqs from 1 again
+        problem("index-missing", "no index files: Dovecot would count this folder's modseqs"
+                " from 1 again, below what QRESYNC clients cached",
+                f"reconstruct -m {name} seeds the modseq above the clock (Dovecot builds the"
+                " index on top of it)")
+        plan.drop_index = "restored without index files"
     if not index.readable:
         notice("index-unknown", f"the index files are not read: {index.why_unreadable}")
     plan.new_files = sum(1 for b in snap.files if b not in seen_bases)
@@ -1140,15 +1148,17 @@ def replace_index(folder_fd: int, owner: Owner) -> str:
     a new index on top of the seed.  Returns what was done."""
     highest = dovecot_modseq.read_highest_modseq(folder_fd)
     value = dovecot_modseq.restored_modseq(highest, time.time())
+    removed: list[str] = []
     for attempt in range(2):
-        _remove_files(folder_fd, INDEX_FILES)
+        removed += _remove_files(folder_fd, INDEX_FILES)
+        what = f"removed {', '.join(removed)} (Dovecot rebuilds them); " if removed else ""
         try:
             dovecot_modseq.seed_modseq(folder_fd, value, owner.uid, owner.gid)
-            return f"index files removed (Dovecot rebuilds them), modseq seeded at {value}"
+            return f"{what}modseq seeded at {value}"
         except FileExistsError:
             continue        # Dovecot opened the folder in between: once more
-    return ("index files removed (Dovecot rebuilds them); the modseq could not be seeded"
-            " (Dovecot kept reopening the folder): QRESYNC clients may keep stale flags")
+    return (f"{what}the modseq could not be seeded (Dovecot kept reopening the folder):"
+            " QRESYNC clients may keep stale flags")
 
 
 def _remove_files(dir_fd: int, names: tuple[str, ...]) -> list[str]:
@@ -1570,7 +1580,7 @@ class Reconstruct:
                       + (f" (was {uidlist.uidvalidity})" if uidlist.uidvalidity else "")
                       + ": clients resync this folder")
         if plan.drop_index is not None:
-            self._act(place, "index-stale", f"{replace_index(fd, owner)} ({plan.drop_index})")
+            self._act(place, "index", f"{replace_index(fd, owner)} ({plan.drop_index})")
         if plan.rewrite:
             text = uidlist_text(uidlist, uidvalidity, plan.next_uid, plan.lines)
             replace_file(fd, UIDLIST, text, owner)
@@ -1645,7 +1655,7 @@ class Reconstruct:
         if repair and index_dropped:
             removed = _remove_files(maildir_fd, LIST_INDEX_FILES)
             if removed:
-                self._act(place, "index-stale", f"removed {', '.join(removed)} (the mailbox"
+                self._act(place, "index", f"removed {', '.join(removed)} (the mailbox"
                           " list index; Dovecot rebuilds it)")
         found.extend(self._subscriptions(maildir_fd, folders, place))
         found.extend(self._quota(maildir_fd, folders, place, owner, repair, fix))

@@ -383,12 +383,16 @@ def test_after_a_restore_an_index_must_match_exactly(store):
     inbox = store.folder("amy", messages=[(1, "1.M1P1.h", "S"), (2, "2.M2P1.h", "FS"),
                                           (3, "3.M3P1.h", "")])
     write_index(inbox, 1700000000, 3, {1: 0x08, 2: 0x08})      # UID 3 and \Flagged unseen
+    work = store.folder("amy", "Work", messages=[(1, "1.M5P1.h", "")], uidvalidity=1700000001)
     store.run("-n", "/", rc=0)
     report = store.run("-n", "-m", rc=1)
-    assert kinds(report) == {"index-stale"}
+    assert {(f["kind"], f["folder"]) for f in report["problems"]} == {
+        ("index-stale", "INBOX"), ("index-missing", "Work")}    # Work: modseqs would restart
     assert "reconstruct -m /primary/user/amy/INBOX" in report["problems"][0]["advice"]
+    before = time.time() * 1000
     store.run("-m", rc=0)
     assert not (inbox / "dovecot.index").exists()
+    assert log_initial_modseq(inbox) >= before and log_initial_modseq(work) >= before
     store.run("-n", "-m", rc=0)
     # an index that matches stays
     write_index(inbox, 1700000000, 4, {1: 0x08, 2: 0x0A, 3: 0})
