@@ -6,6 +6,7 @@ Each regression test says what happened before its fix; all of them are in files
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -199,3 +200,213 @@ def test_a_hard_link_member_with_data_is_refused_in_order_and_by_offset(setup, t
         os.close(fd)
     outcome = run(setup, data, mode="list")
     assert outcome.code == 4 and "hard link with 700 bytes of data" in outcome.stderr.decode()
+
+
+# -- round trip: what the writer writes, the readers read back --------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ims.archive import records  # noqa: E402
+from ims.archive.reader import ArchiveReader, parse_member  # noqa: E402
+from ims.archive.writer import ArchiveWriter, RecordSink  # noqa: E402
+
+NAME_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+users = st.text(NAME_CHARS, min_size=1, max_size=40).filter(records.valid_user)
+levels = st.text(NAME_CHARS, min_size=1, max_size=70).filter(
+    lambda level: "/" not in level and records.valid_folder(level))
+folders = st.lists(levels, min_size=1, max_size=3).map("/".join)
+keys = st.text(NAME_CHARS, min_size=1, max_size=120).filter(records.valid_key)
+keywords = st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                            max_size=12).filter(records.valid_keyword), max_size=3, unique=True)
+flags = st.sets(st.sampled_from("DFPRST")).map(lambda s: "".join(sorted(s)))
+sizes = st.one_of(st.integers(0, 3000), st.sampled_from([511, 512, 513, (1 << 20) + 1]))
+
+
+@st.composite
+def folder_contents(draw) -> tuple[str, list[dict]]:
+    name = draw(folders)
+    count = draw(st.integers(0, 5))
+    names = draw(st.lists(keys, min_size=count, max_size=count, unique=True))
+    uids = draw(st.lists(st.integers(1, records.UID_MAX), min_size=count, max_size=count,
+                         unique=True))
+    messages = []
+    for key, uid in zip(names, uids):
+        size = draw(sizes)
+        messages.append({
+            "key": key, "uid": None if draw(st.booleans()) and draw(st.booleans()) else uid,
+            "flags": draw(flags), "keywords": tuple(draw(keywords)),
+            "internaldate": draw(st.integers(-records.TIME_MAX + 1, records.TIME_MAX - 1)),
+            "data": draw(st.binary(min_size=size, max_size=size)) if size < 4096
+            else bytes([draw(st.integers(0, 255))]) * size,
+            "link": draw(st.integers(0, 4)) == 0})
+    return name, messages
+
+
+archives = st.lists(st.tuples(st.sampled_from(["primary", "p2", "Ümlaut"]), users,
+                              st.lists(folder_contents(), min_size=1, max_size=3,
+                                       unique_by=lambda f: f[0])),
+                    min_size=1, max_size=3, unique_by=lambda u: (u[0], u[1]))
+
+
+def write_archive(path: Path, spec, blocking: int) -> dict:
+    """The archive of ``spec`` through the writer's API as the backup uses it; returns what
+    a reader must find: records and data per member name."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    writer = ArchiveWriter(RecordSink(fd, blocking, str(path)))
+    header = records.ArchiveHeader(created=1700000000, since=None, blocking_factor=blocking,
+                                   names=("/",), archive_id="ab" * 16, host="h", tool="t")
+    writer.add_json(fmt.HEADER_NAME, fmt.HEADER, header.encode(fmt.FORMAT_NAME,
+                                                                 fmt.FORMAT_VERSION, "x"), 0)
+    expected: dict = {"header": header, "users": [], "folders": [], "messages": {}}
+    counts = {"messages": 0, "links": 0, "folders": 0}
+    first: dict[bytes, str] = {}        # data -> the member holding it
+    for partition, user, contents in spec:
+        record = records.UserRecord(partition, user, "g", 5000, 5000, (), tuple(
+            f for f, _ in contents))
+        writer.user_index.append({"partition": partition, "user": user, "group": "g",
+                                  "offset": writer.offset})
+        writer.add_json(f"{partition}/{user}/{fmt.USER_MEMBER}", fmt.USER, record.encode(), 0)
+        expected["users"].append(record)
+        for folder, messages in contents:
+            state = records.FolderRecord(
+                partition, user, folder, None, 7, records.NEXT_UID_MAX, None, (),
+                tuple(records.ListedMessage(m["key"], m["uid"], m["flags"], m["keywords"])
+                      for m in messages), 3, 99)
+            writer.begin_folder(f"{partition}/{user}/{folder}/{fmt.FOLDER_MEMBER}",
+                                state.encode(), 0)
+            expected["folders"].append(state)
+            counts["folders"] += 1
+            for m in messages:
+                name = f"{partition}/{user}/{folder}/{m['key']}"
+                sha = hashlib.sha256(m["data"]).hexdigest()
+                target = first.get(m["data"]) if m["link"] else None
+                encoded = fmt.message_records(
+                    m["uid"], fmt.flag_records(m["flags"], m["keywords"], ""), m["uid"] is None,
+                    m["internaldate"], m["key"].encode(), len(m["data"]),
+                    None if target else sha, 2 if m["link"] else 1)
+                if target is not None:
+                    writer.add_link(name.encode(), target.encode(), m["internaldate"], encoded,
+                                    0, 0)
+                    counts["links"] += 1
+                elif len(m["data"]) > 1 << 20:
+                    writer.begin_large_message(name.encode(), len(m["data"]), m["internaldate"],
+                                               encoded, 70000, 2**32 - 1)
+                    writer.add_large_chunk(m["data"])
+                    assert writer.end_large_message()
+                    counts["messages"] += 1
+                else:
+                    writer.add_message(name.encode(), m["data"], m["internaldate"], encoded,
+                                       0, 0)
+                    counts["messages"] += 1
+                first.setdefault(m["data"], name)
+                expected["messages"][name] = (records.MessageRecord(
+                    m["key"], m["uid"], m["flags"], m["keywords"], m["internaldate"],
+                    m["uid"] is None, len(m["data"]), None if target else sha,
+                    2 if m["link"] else 1), None if target else m["data"], target)
+    writer.finish({"format": fmt.FORMAT_NAME, "complete": True, "skipped": ["a: b"],
+                   "counts": {**counts, "users": len(spec)}}, 0)
+    os.close(fd)
+    return expected
+
+
+def read_back(reader) -> dict:
+    found: dict = {"users": [], "folders": [], "messages": {}}
+    found["header"] = reader.read_header()
+    for member in reader.members():
+        assert member.invalid is None, member.invalid
+        if member.kind == fmt.USER:
+            found["users"].append(member.record)
+        elif member.kind == fmt.FOLDER:
+            found["folders"].append(member.record)
+        elif member.kind == fmt.MESSAGE:
+            data = None if member.is_link else bytes(reader.read_data(member))
+            found["messages"][member.name] = (member.record, data,
+                                              member.linkname if member.is_link else None)
+    return found
+
+
+@settings(max_examples=int(os.environ.get("IMS_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(spec=archives, blocking=st.sampled_from([1, 3, 20]))
+def test_what_the_writer_writes_every_reader_reads_back_equal(tmp_path_factory, spec, blocking):
+    """Any users, folders (UTF-8, long, nested), messages (sizes at block edges, over the
+    in-memory chunk, links, no UID, any flags and keywords, times before 1970) written
+    through the writer are read back equal: in order from a file and through the
+    prefetching reader from a pipe, and by the trailer's index."""
+    from ims.archive.prefetch import PrefetchReader
+    path = tmp_path_factory.mktemp("roundtrip") / "a.ims"
+    expected = write_archive(path, spec, blocking)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = ArchiveReader(fd, "a.ims", blocking)
+        found = read_back(reader)
+        assert reader.trailer is not None and reader.trailer.skipped == ("a: b",)
+        assert found["header"] == expected["header"]
+        assert found == {**expected, "header": found["header"]}
+        # by offset, as a restore of some users reads a file
+        by_index: dict = {}
+        for extent in reader.trailer.folders:
+            for member in reader.members_between(extent.offset, extent.end):
+                if member.kind == fmt.MESSAGE:
+                    by_index[member.name] = (member.record, None if member.is_link
+                                             else bytes(reader.data_at(member)),
+                                             member.linkname if member.is_link else None)
+        assert by_index == expected["messages"]
+    finally:
+        os.close(fd)
+    read_fd, write_fd = os.pipe()
+    feeder = os.fork()
+    if feeder == 0:         # the writing end in a process of its own, as a pipe has it
+        os.close(read_fd)
+        fuzz.feed(write_fd, path.read_bytes())
+        os._exit(0)
+    os.close(write_fd)
+    prefetch = PrefetchReader(read_fd, "stdin", blocking)
+    try:
+        found = read_back(prefetch)
+    finally:
+        prefetch.close()
+        os.close(read_fd)
+        os.waitpid(feeder, 0)
+    assert found == {**expected, "header": found["header"]}
+    assert prefetch.trailer is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(NAME_CHARS, min_size=1, max_size=400),
+       linkname=st.text(NAME_CHARS, max_size=300),
+       size=st.one_of(st.integers(0, 2**40), st.sampled_from(
+           [0o77777777777, 0o77777777777 + 1, 64 << 30, (64 << 30) + 1])),
+       mtime=st.integers(-(2**40), 2**40),
+       typeflag=st.sampled_from([fmt.REGULAR, fmt.HARDLINK]),
+       extra=st.lists(st.tuples(st.text(NAME_CHARS, min_size=1, max_size=20).filter(
+           lambda k: "=" not in k and k not in ("path", "linkpath", "size", "mtime", "uid",
+                                                "gid")), st.text(NAME_CHARS, max_size=50)),
+           max_size=4, unique_by=lambda kv: kv[0]))
+def test_member_headers_parse_back(name, linkname, size, mtime, typeflag, extra):
+    """Any name (UTF-8, long), link name, size (past ustar's 8 GiB), time (before 1970, past
+    ustar's field) and records: the one member parser reads back what the writer's header
+    builder wrote."""
+    from ims.archive import limits
+    if typeflag == fmt.HARDLINK:
+        size = 0
+    if size > limits.MAX_MESSAGE_SIZE:      # larger than any member may be: never written
+        with pytest.raises(limits.LimitExceeded):
+            fmt.member_headers(name, size, mtime, typeflag, extra, linkname=linkname)
+        return
+    data = fmt.member_headers(name, size, mtime, typeflag, extra, linkname=linkname)
+    position = 0
+
+    def read(count: int) -> bytes:
+        nonlocal position
+        position += count
+        return data[position - count:position]
+
+    member, header_bytes = parse_member(read, 0)
+    assert (member.name, member.size, member.mtime, member.typeflag) == (name, size, mtime,
+                                                                          typeflag)
+    if typeflag == fmt.HARDLINK:         # (a regular member's link name means nothing)
+        assert member.linkname == linkname
+    assert member.data_offset == len(data) == sum(map(len, header_bytes))
+    assert all(member.pax[k] == v for k, v in extra)
