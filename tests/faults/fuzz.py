@@ -238,13 +238,13 @@ def raw_headers(name: str, size: int, mtime: int, typeflag: bytes,
     """``fmt.member_headers`` without the writer's limits (a hostile pax header may be
     larger than a reader accepts: that is the point)."""
     from ims.archive import limits
-    saved = limits.MAX_PAX_PAYLOAD
-    limits.MAX_PAX_PAYLOAD = 1 << 40
+    saved = limits.MAX_PAX_PAYLOAD, limits.MAX_MESSAGE_SIZE
+    limits.MAX_PAX_PAYLOAD = limits.MAX_MESSAGE_SIZE = 1 << 62
     try:
         return fmt.member_headers(name.encode("utf-8", "surrogateescape"), size, mtime,
                                   typeflag, records, linkname=linkname, uid=uid, gid=gid)
     finally:
-        limits.MAX_PAX_PAYLOAD = saved
+        limits.MAX_PAX_PAYLOAD, limits.MAX_MESSAGE_SIZE = saved
 
 
 # -- hostile values --------------------------------------------------------------------------

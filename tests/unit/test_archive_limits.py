@@ -211,11 +211,17 @@ def test_the_writer_refuses_a_message_over_the_size_limit():
 
 
 def hostile_message_member(size: int) -> bytes:
-    """A message member header claiming ``size`` bytes of data (which do not follow)."""
+    """A message member header claiming ``size`` bytes of data (which do not follow), built
+    past the writer's own limit: that is the damage."""
+    from ims.archive import limits
     encoded = fmt.message_records(1, fmt.flag_records("", (), "2,"), False, CREATED,
                                   b"1.M1P1.a", size, "0" * 64)
-    return fmt.member_headers(b"primary/amy/INBOX/1.M1P1.a", size, CREATED, fmt.REGULAR,
-                              encoded=encoded)
+    saved, limits.MAX_MESSAGE_SIZE = limits.MAX_MESSAGE_SIZE, 1 << 62
+    try:
+        return fmt.member_headers(b"primary/amy/INBOX/1.M1P1.a", size, CREATED, fmt.REGULAR,
+                                  encoded=encoded)
+    finally:
+        limits.MAX_MESSAGE_SIZE = saved
 
 
 def test_a_member_claiming_more_than_the_message_limit_ends_reading(tmp_path):
