@@ -177,11 +177,6 @@ def member_headers(name: str | bytes, size: int, mtime: int, typeflag: bytes,
     if len(raw_link) > 100 or not raw_link.isascii():
         extra += pax_kv(b"linkpath=" + raw_link)
         raw_link = _ascii_fallback(raw_link)
-    if size > limits.MAX_MESSAGE_SIZE:      # no member is larger than the largest message
-        raise limits.LimitExceeded(
-            f"member {raw_name.decode('utf-8', 'replace')}: {size} bytes, more than the"
-            f" {limits.MAX_MESSAGE_SIZE} a reader accepts; the archive is incomplete"
-            " (no trailer)")
     if size > _MAX_OCTAL_11:
         extra += pax_kv(b"size=%d" % size)
         size = 0
