@@ -759,6 +759,7 @@ def choose_names(golden: Path, users: dict[str, str], rng: random.Random) -> dic
     ordered = sorted(users)
     modified = [u for i, u in enumerate(ordered) if i % 6 >= 2] or ordered
     gone = [u for i, u in enumerate(ordered) if i % 6 == 0] or ordered
+    empty_inbox = [u for i, u in enumerate(ordered) if i % 6 == 1] or ordered
 
     def with_archive(user: str) -> bool:
         return (golden / "partitions" / users[user] / user / "Maildir" / ".Archive").is_dir()
@@ -771,6 +772,8 @@ def choose_names(golden: Path, users: dict[str, str], rng: random.Random) -> dic
         "folder": [f"/{users[folder_user]}/user/{folder_user}/"
                    + ("Archive" if with_archive(folder_user) else "INBOX")],
         "several": [second, f"/{users[gone[0]]}/user/{gone[0]}/INBOX"],
+        # in the store with mail: a user whose INBOX Dovecot recreated empty
+        "empty-inbox-user": [f"/{users[empty_inbox[0]]}/user/{empty_inbox[0]}"],
     }
 
 
