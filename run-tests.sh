@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(python3-venv dovecot-core dovecot-imapd dovecot-lmtpd tar util-linux strace
+packages=(python3-venv dovecot-core dovecot-imapd dovecot-lmtpd tar util-linux strace gcc libc6-dev
           bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console sqlite3)
 missing=()
 for pkg in "${packages[@]}"; do
