@@ -55,10 +55,10 @@ from typing import Callable, Iterator
 from ims.config import Config
 from ims.errors import ExitCode, StoreLocked, most_serious
 from ims.names import UserScope, in_folder, resolve
+from ims.restore.session import open_store
 from ims.store import modseq as dovecot_modseq
 from ims.store.files import open_regular, read_regular
-from ims.store.lock import (LOCK_NAME, STALE_DEAD_PID_AGE, STALE_UNKNOWN_AGE, FolderLock,
-                            process_alive)
+from ims.store.lock import STALE_DEAD_PID_AGE, STALE_UNKNOWN_AGE, FolderLock, process_alive
 from ims.store.maildir import INBOX, MaildirStore, dirname_to_folder, parse_keywords_file
 from ims.store.maildir_write import (INDEX_FILES, Owner, UnsafePath, anchored, open_dir_under,
                                      open_subdir, replace_file)
@@ -688,6 +688,7 @@ def snapshot(folder_fd: int, is_inbox: bool, policy: _Policy) -> _Snapshot:
         for sub in ("new", "cur"):
             if sub in sub_fds:
                 _list_sub(snap, sub, sub_fds[sub], policy)
+        _settle_listing(snap, sub_fds)
         if "tmp" in sub_fds:
             _scan_staged(snap, "tmp", sub_fds["tmp"])
             st = os.fstat(sub_fds["tmp"])
@@ -710,7 +711,10 @@ def _list_sub(snap: _Snapshot, sub: str, sub_fd: int, policy: _Policy) -> None:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            est = entry.stat(follow_symlinks=False)
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue        # renamed meanwhile (a flag change): the uidlist check relists
             if not stat.S_ISREG(est.st_mode):
                 what = "a symbolic link" if stat.S_ISLNK(est.st_mode) else "not a regular file"
                 snap.not_files.append(f"{sub}/{entry.name} ({what})")
@@ -720,6 +724,33 @@ def _list_sub(snap: _Snapshot, sub: str, sub_fd: int, policy: _Policy) -> None:
             if owner_wrong or mode is not None:
                 snap.odd.append(_Odd(sub, entry.name, est.st_ino, owner_wrong, mode,
                                      f"{sub}/{entry.name}"))
+
+
+def _settle_listing(snap: _Snapshot, sub_fds: dict[str, int]) -> None:
+    """A file renamed while its directory is read (a flag change, new/ -> cur/) may be
+    missed, or seen under both names: a listed base name without a file is looked for once
+    more, and a base name seen twice is kept only under the names that still exist."""
+    listed = snap.uidlist.lines if snap.uidlist else []
+    if any(line.base not in snap.files for line in listed):
+        for sub in ("new", "cur"):
+            if sub not in sub_fds:
+                continue
+            for name in os.listdir(sub_fds[sub]):
+                base = name.partition(":")[0]
+                if not name.startswith(".") and base not in snap.files:
+                    snap.files[base] = [(sub, name)]
+    for base, places in list(snap.files.items()):
+        if len(places) > 1:
+            still = [(sub, name) for sub, name in places if _exists(sub_fds[sub], name)]
+            snap.files[base] = still or places[:1]
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _scan_staged(snap: _Snapshot, sub: str, dir_fd: int) -> None:
@@ -737,7 +768,10 @@ def _scan_folder_dir(snap: _Snapshot, folder_fd: int, is_inbox: bool, policy: _P
             if staged is not None:
                 snap.staged.append(("", name, staged[0], staged[1]))
                 continue
-            est = entry.stat(follow_symlinks=False)
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue        # a lock released, a temporary file renamed: Dovecot at work
             if name.endswith(".lock"):
                 try:
                     judged = _judge_lock(folder_fd, name)
@@ -808,16 +842,16 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
     uidlist = snap.uidlist
 
     # two files under one base name: the one in cur/ (then the first by name) keeps it
+    files: dict[str, tuple[str, str]] = {}          # base name -> (sub, file name)
     for base, places in sorted(snap.files.items()):
         for sub, filename in places:
             for letter in _info_flags(filename.partition(":")[2])[1]:
                 if letter not in keyword_letters:
                     unnamed[letter] = unnamed.get(letter, 0) + 1
-        if len(places) > 1:
-            ordered = sorted(places, key=lambda p: (p[0] != "cur", p[1]))
-            snap.files[base] = ordered[:1]
-            for sub, filename in ordered[1:]:
-                plan.renames.append((sub, filename, ""))
+        ordered = sorted(places, key=lambda p: (p[0] != "cur", p[1]))
+        files[base] = ordered[0]
+        for sub, filename in ordered[1:]:
+            plan.renames.append((sub, filename, ""))
     if unnamed:
         letters = ", ".join(f"{letter} ({n} files)" for letter, n in sorted(unnamed.items()))
         problem("keyword-unnamed", f"keyword letters {letters} are used by message files but"
@@ -831,14 +865,14 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
             # its next UID: written down now, under the lock, so nothing can reuse a UID
             problem("uidlist-missing", f"{UIDLIST} is gone; the index knew UIDVALIDITY"
                     f" {index.uidvalidity} and UIDs up to {index.next_uid - 1}: the"
-                    f" {len(snap.files)} message files come back under new UIDs",
+                    f" {len(files)} message files come back under new UIDs",
                     f"{fix} starts a uidlist with that UIDVALIDITY and next UID {index.next_uid}"
                     " (no UID is handed out twice); Dovecot gives the messages new UIDs and"
                     " clients see them as new mail")
             plan.rewrite = True
             plan.uidvalidity = index.uidvalidity
             plan.next_uid = index.next_uid
-        elif snap.files:
+        elif files:
             notice("new-messages", f"no {UIDLIST} yet (a folder Dovecot has not opened):"
                    " Dovecot starts one when it first opens the folder")
         _rename_targets(plan, snap, place, found, [], plan.next_uid)
@@ -888,7 +922,7 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
             renumber.append(line)
         else:
             by_uid[line.uid] = line
-    missing = sorted(line.uid for line in by_uid.values() if line.base not in snap.files)
+    missing = sorted(line.uid for line in by_uid.values() if line.base not in files)
     expunged: list[int] = []
     lost: list[int] = []
     for uid in missing:
@@ -908,7 +942,7 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
     if expunged:
         notice("expunged-lines", f"{len(expunged)} lines of expunged messages, kept by"
                " Dovecot until it compacts the uidlist")
-    dup_renumber = [line for line in renumber if line.base in snap.files]
+    dup_renumber = [line for line in renumber if line.base in files]
     if renumber:
         problem("uid-duplicate", f"UIDs {_uid_list(sorted({l.uid for l in renumber}))} are"
                 " listed for more than one message",
@@ -941,7 +975,7 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
         plan.rewrite = True
         plan.drop_index = "--uid-margin: the folder's modseq starts above the clock"
 
-    final = [line for line in by_uid.values() if line.base in snap.files]
+    final = [line for line in by_uid.values() if line.base in files]
     for line in dup_renumber:
         if next_uid > UID_MAX:
             problem("uid-space", f"no UID left for {line.base}", "restore it into another"
@@ -957,7 +991,7 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
         plan.rewrite = True
 
     if uidlist.uidvalidity is not None and not plan.new_uidvalidity:
-        stale = _index_disagreement(index, uidlist, snap, ctx.restored, index_next)
+        stale = _index_disagreement(index, uidlist, files, ctx.restored, index_next)
         if stale:
             problem("index-stale", f"the index files disagree with the uidlist: {stale}",
                     (f"reconstruct -m {name}" if ctx.restored else fix)
@@ -974,7 +1008,7 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
         plan.drop_index = "restored without index files"
     if not index.readable:
         notice("index-unknown", f"the index files are not read: {index.why_unreadable}")
-    plan.new_files = sum(1 for b in snap.files if b not in seen_bases)
+    plan.new_files = sum(1 for b in files if b not in seen_bases)
     if plan.new_files:
         notice("new-messages", f"{plan.new_files} message files without a uidlist line (new"
                " mail: Dovecot gives them UIDs at its next sync)")
@@ -1010,8 +1044,9 @@ def _rename_targets(plan: _Plan, snap: _Snapshot, place: _Place, found: list[Fin
     return next_uid
 
 
-def _index_disagreement(index: IndexView, uidlist: UidlistFile, snap: _Snapshot,
-                        restored: bool, index_next: int) -> str | None:
+def _index_disagreement(index: IndexView, uidlist: UidlistFile,
+                        files: dict[str, tuple[str, str]], restored: bool,
+                        index_next: int) -> str | None:
     """Why the folder's index cannot stay, or None.  Always: another UIDVALIDITY, files of
     different instants, messages the index saw expunged whose files are back (Dovecot would
     give them new UIDs).  After a restore (``restored``): any other UID or flag difference."""
@@ -1026,9 +1061,9 @@ def _index_disagreement(index: IndexView, uidlist: UidlistFile, snap: _Snapshot,
         return None
     on_disk: dict[int, int] = {}
     for line in uidlist.lines:
-        places = snap.files.get(line.base)
-        if places:
-            on_disk[line.uid] = _info_flags(places[0][1].partition(":")[2])[0]
+        place = files.get(line.base)
+        if place is not None and line.uid not in on_disk:       # the first line of a UID
+            on_disk[line.uid] = _info_flags(place[1].partition(":")[2])[0]
     back = sorted(uid for uid in on_disk if uid < index_next and uid not in index.uids)
     if back:
         return (f"UIDs {_uid_list(back)} were expunged in the index and their files are"
@@ -1283,8 +1318,8 @@ def quota_usage(maildir_fd: int, folders: list[_Folder],
             parts = [folder.dirname, sub] if folder.dirname else [sub]
             try:
                 fd = _open_levels(maildir_fd, parts)
-            except (FileNotFoundError, UnsafePath):
-                continue
+            except OSError:
+                continue                # missing, or a link: the folder's own check names it
             try:
                 with os.scandir(fd) as entries:
                     for entry in entries:
@@ -1292,7 +1327,10 @@ def quota_usage(maildir_fd: int, folders: list[_Folder],
                             continue
                         size = _name_size(entry.name)
                         if size is None:
-                            st = entry.stat(follow_symlinks=False)
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except FileNotFoundError:
+                                continue
                             if not stat.S_ISREG(st.st_mode):
                                 continue
                             size = st.st_size
@@ -1737,11 +1775,6 @@ def _why_path(exc: OSError, path: Path) -> str:
     return f"{path}: {_why(exc)}"
 
 
-def open_store(config: Config) -> MaildirStore:
-    from ims.restore.session import open_store as session_store
-    return session_store(config)
-
-
 def configured_owner(config: Config) -> Owner | None:
     uid, gid = config.msg.get("local.store.uid"), config.msg.get("local.store.gid")
     if uid and gid and uid.isdigit() and gid.isdigit():
@@ -1752,7 +1785,7 @@ def configured_owner(config: Config) -> Owner | None:
 def reconstruct(config: Config, names: list[str], options: Options,
                 folder_encoding: str = "UTF-8") -> Report:
     """Resolve the names (all of them, before anything is read) and run."""
-    store = open_store(config)
+    store = open_store(config)          # ConfigError for a bad layout
     scope = resolve(names, config, store, folder_encoding)
     if options.owner is None:
         options.owner = configured_owner(config)

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -225,7 +223,8 @@ def test_runbook_snapshots_of_different_times_restored_and_reconstructed(dovecot
                 view = read_index(fd)
             finally:
                 os.close(fd)
-            folder = "INBOX" if directory == maildirs[user] else directory.name[1:].replace(".", "/")
+            folder = "INBOX" if directory == maildirs[user] else \
+                directory.name[1:].replace(".", "/")
             # the index as reconstruct reads it is what IMAP shows: UIDs and system flags
             expected = {uid: sum(FLAG_BITS[f] for f in message[0])
                         for uid, message in clients_saw[user][folder]["messages"].items()}
