@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,52 @@ def test_the_other_order_an_index_newer_than_the_mail(dovecot, store, tmp_path):
     newest = imap_snapshot(dovecot, "uma")["INBOX"]
     assert max(newest["messages"]) >= seen["uidnext"]
     reconstruct(store, "-n", "/primary/user/uma", rc=0)
+
+
+def test_a_busy_live_store_checks_clean_and_is_left_alone(dovecot, store):
+    """Deliveries, flag changes, expunges and copies all the time: a check finds nothing
+    (an expunge or a rename in flight is not a problem) and a repair changes nothing."""
+    users = ("vic", "wen")
+    for user in users:
+        dovecot.add_user(user, store["partition"])
+        dovecot.lmtp_deliver(mail(70, user), [user])
+        client = dovecot.imap(user)
+        assert client.create('"Work"')[0] == "OK"
+        client.logout()
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def busy(user: str) -> None:
+        n = 1
+        try:
+            while not stop.is_set():
+                n += 1
+                dovecot.lmtp_deliver(mail(70 + n, user), [user])
+                client = dovecot.imap(user)
+                client.select("INBOX")
+                client.uid("STORE", str(n - 1), "+FLAGS", r"(\Seen)")
+                if n % 3 == 0:
+                    client.uid("STORE", str(n - 2), "+FLAGS", r"(\Deleted)")
+                    client.expunge()
+                if n % 4 == 0:
+                    client.uid("COPY", str(n), "Work")
+                client.logout()
+        except Exception as exc:       # noqa: BLE001 - reported by the test thread
+            failures.append(repr(exc))
+
+    started_at = log_size(dovecot)
+    workers = [threading.Thread(target=busy, args=(user,)) for user in users]
+    for worker in workers:
+        worker.start()
+    try:
+        for run in range(8):
+            args = ("-n",) if run % 2 == 0 else ()
+            report = reconstruct(store, *args, "/primary/user/vic", "/primary/user/wen", rc=0)
+            assert report["problems"] == [] and report["actions"] == [], report
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+    assert complaints(dovecot, started_at, users) == []
+    reconstruct(store, "-n", "/primary/user/vic", "/primary/user/wen", rc=0)
