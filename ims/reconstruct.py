@@ -56,6 +56,7 @@ from ims.config import Config
 from ims.errors import ExitCode, StoreLocked, most_serious
 from ims.names import UserScope, in_folder, resolve
 from ims.restore.session import open_store
+from ims.signals import held
 from ims.store import modseq as dovecot_modseq
 from ims.store.files import open_regular, read_regular
 from ims.store.lock import STALE_DEAD_PID_AGE, STALE_UNKNOWN_AGE, FolderLock, process_alive
@@ -1596,6 +1597,13 @@ class Reconstruct:
 
     def _apply(self, fd: int, place: _Place, snap: _Snapshot, plan: _Plan, owner: Owner,
                counter: _Uidvalidities, folder: str) -> bool:
+        # Ctrl-C and SIGTERM wait until the folder is consistent again: an index removed
+        # and not seeded, or a file renamed without its line, would outlive the run
+        with held():
+            return self._apply_held(fd, place, snap, plan, owner, counter, folder)
+
+    def _apply_held(self, fd: int, place: _Place, snap: _Snapshot, plan: _Plan, owner: Owner,
+                    counter: _Uidvalidities, folder: str) -> bool:
         """Carry out a plan under the folder's lock: renames, then the index, then the uidlist
         (so Dovecot never pairs the new uidlist with the old index)."""
         for sub, old, new in plan.renames:
