@@ -378,3 +378,40 @@ def test_a_busy_live_store_checks_clean_and_is_left_alone(dovecot, store):
     assert failures == []
     assert complaints(dovecot, started_at, users) == []
     reconstruct(store, "-n", "/primary/user/vic", "/primary/user/wen", rc=0)
+
+
+def test_a_snapshot_older_than_what_clients_saw_needs_the_uid_margin(dovecot, store, tmp_path):
+    """One consistent snapshot, then mail clients saw, then the restore: the snapshot's
+    uidlists would hand those UIDs out again to other messages, and its indexes restart
+    modseqs below what clients cached.  ``reconstruct -m --uid-margin`` prevents both."""
+    dovecot.add_user("xia", store["partition"])
+    maildir = store["partition"] / "xia" / "Maildir"
+    for n in range(90, 95):
+        dovecot.lmtp_deliver(mail(n, "xia"), ["xia"])
+    change(dovecot, "xia", "STORE", "1", "+FLAGS", r"(\Seen)")
+    shutil.copytree(maildir, tmp_path / "snapshot" / "Maildir", symlinks=True)
+    at_snapshot = imap_snapshot(dovecot, "xia")["INBOX"]
+    for n in range(95, 97):
+        dovecot.lmtp_deliver(mail(n, "xia, after the snapshot"), ["xia"])
+    change(dovecot, "xia", "STORE", "2", "+FLAGS", r"(\Flagged)")
+    seen = imap_snapshot(dovecot, "xia")["INBOX"]
+    seen_modseq = highest_modseqs(dovecot, "xia")["INBOX"]
+    assert seen["uidnext"] == 8
+    shutil.rmtree(maildir)
+    shutil.copytree(tmp_path / "snapshot" / "Maildir", maildir, symlinks=True)
+    chown_tree(maildir)
+    restored_at = log_size(dovecot)
+
+    reconstruct(store, "-n", "-m", "/primary/user/xia", rc=0)      # consistent, and old
+    report = reconstruct(store, "-m", "--uid-margin", "1000", "/primary/user/xia", rc=0)
+    assert {a["kind"] for a in report["actions"]} >= {"uidlist", "index"}
+    after = imap_snapshot(dovecot, "xia")["INBOX"]
+    assert after["uidvalidity"] == at_snapshot["uidvalidity"]
+    assert after["messages"] == at_snapshot["messages"]              # every UID kept
+    assert after["uidnext"] == at_snapshot["uidnext"] + 1000
+    assert highest_modseqs(dovecot, "xia")["INBOX"] > seen_modseq
+    dovecot.lmtp_deliver(mail(97, "xia, after the restore"), ["xia"])
+    newest = imap_snapshot(dovecot, "xia")["INBOX"]
+    assert min(set(newest["messages"]) - set(after["messages"])) >= seen["uidnext"]
+    assert complaints(dovecot, restored_at, ("xia",)) == []
+    reconstruct(store, "-n", "-m", "/primary/user/xia", rc=0)
