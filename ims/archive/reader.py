@@ -489,18 +489,34 @@ class ArchiveReader:
         return data
 
     def members_between(self, start: int, end: int) -> Iterator[Member]:
-        """Members whose headers start in [start, end), by offset, records decoded."""
+        """The members of one folder's extent [start, end) from the trailer's index, by
+        offset, records decoded: its state member, then that folder's message members,
+        the last ending at ``end``.  The digest is not checked on this path, so anything
+        else there (members moved, the index damaged) is ``ArchiveDamaged``: a message
+        missing from its folder would otherwise pass for one expunged during the backup."""
         position = start
+        prefix: str | None = None       # the folder's member names start with it
         while position < end:
             member = self.member_at(position)
             if member is None:
                 raise ArchiveDamaged(f"{self.device_name}: damaged header at byte {position}")
-            if member.kind in (fmt.USER, fmt.FOLDER, fmt.HEADER):
+            if prefix is None:
+                if member.kind != fmt.FOLDER or not member.name.endswith("/" + fmt.FOLDER_MEMBER):
+                    raise ArchiveDamaged(f"{self._where(member)}: not the folder state the"
+                                         " trailer's index places there")
+                prefix = member.name[:-len(fmt.FOLDER_MEMBER)]
                 self.json_at(member)
+            elif member.kind != fmt.MESSAGE or not member.name.startswith(prefix):
+                raise ArchiveDamaged(f"{self._where(member)}: not a message of the folder"
+                                     f" {shown(prefix.rstrip('/'))} whose extent the trailer's"
+                                     " index says it is in")
             decode_record(member)
             yield member
             data_size = 0 if member.is_link else member.size
             position = member.data_offset + data_size + len(fmt.padding(data_size))
+        if position != end:
+            raise ArchiveDamaged(f"{self.device_name}: the folder {shown(str(prefix))} ends at"
+                                 f" byte {position}, the trailer's index says at {end}")
 
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")

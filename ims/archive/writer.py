@@ -113,6 +113,10 @@ class ArchiveWriter:
                 f" {limits.size_text(len(payload))} of JSON, more than the"
                 f" {limits.MAX_JSON_MEMBER} bytes a reader accepts; the archive is incomplete"
                 " (no trailer)")
+        if kind == fmt.USER:
+            # a user member ends the folder before it: the index's extent must not hold it
+            # (a reader by offset refuses an extent with anything but the folder's members)
+            self.end_folder()
         headers = fmt.member_headers(name, len(payload), mtime, fmt.REGULAR,
                                      [(fmt.TYPE_KEY, kind)], uid=0, gid=0)
         self._emit(headers + payload + fmt.padding(len(payload)), digest=True)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,6 @@ def setup(tmp_path_factory) -> fuzz.Setup:
 def test_a_fuzz_sample_holds_the_contract(setup):
     """300 damaged archives (every mutation kind): no traceback, no hang, no write outside
     the store, a documented exit code with its meaning."""
-    started = time.monotonic()
     lines: list[str] = []
     result = fuzz.run_campaign(setup, SEED, range(300), timeout=30.0, subprocess_every=50,
                                kinds=list(fuzz.KINDS), say=lines.append)
@@ -42,7 +40,7 @@ def test_a_fuzz_sample_holds_the_contract(setup):
     assert not result["violations"], "\n".join(lines)
     assert result["cases"] == 300 and set(result["table"]) == set(fuzz.KINDS)
     assert result["vias"]["subprocess"] == 6
-    assert time.monotonic() - started < 120, "\n".join(lines)
+    assert result["modes"]["restore from a chain"] > 0
 
 
 # -- crafted archives --------------------------------------------------------------------------
@@ -173,6 +171,27 @@ def test_an_archive_cut_in_its_last_records_padding_is_incomplete(setup, cut):
         assert outcome.code == 4, (source, outcome.stderr)
     garbage = data[:-1] + b"\1"
     assert run(setup, garbage, mode="list").code == 4
+
+
+def test_a_message_moved_out_of_its_folder_is_damage_when_read_by_the_index(setup):
+    """Before: restoring a NAME from a file reads each folder's extent by the trailer's
+    offsets, where the digest is not checked; with a folder's last message moved further
+    on, the extent held the next user's member instead, and the message, listed but not
+    found, passed for one expunged during the backup: exit 0, the message silently lost.
+    Now an extent holding anything but its folder's members is damage."""
+    archive = base(setup)
+    pieces = archive.pieces
+    at = next(i for i in range(1, len(pieces) - 1) if pieces[i].kind == fmt.MESSAGE
+              and pieces[i + 1].kind == fmt.USER)
+    user = next(p for p in reversed(pieces[:at]) if p.kind == fmt.USER)
+    chunks = [archive.data[p.start:p.end] for p in pieces[:-1]]
+    chunks.insert(len(chunks), chunks.pop(at))           # to just before the trailer
+    data = b"".join(chunks) + archive.data[pieces[-1].start:]
+    body = archive.body(user)
+    name = f"/{body['partition']}/{body['group']}/{body['user']}"
+    outcome = run(setup, data, names=(name,))
+    assert outcome.code == 4, outcome.stderr
+    assert "index" in outcome.stderr.decode()
 
 
 def test_a_hard_link_member_with_data_is_refused_in_order_and_by_offset(setup, tmp_path):
