@@ -802,8 +802,14 @@ def _why(exc: OSError) -> str:
 
 
 def _uid_list(uids: list[int]) -> str:
+    """``UID 7`` or ``UIDs 3, 4 and 9 more``."""
     shown = ", ".join(str(u) for u in uids[:_SHOWN_UIDS])
-    return shown + (f" and {len(uids) - _SHOWN_UIDS} more" if len(uids) > _SHOWN_UIDS else "")
+    more = f" and {len(uids) - _SHOWN_UIDS} more" if len(uids) > _SHOWN_UIDS else ""
+    return f"UID {shown}" if len(uids) == 1 else f"UIDs {shown}{more}"
+
+
+def _are(uids: list[int]) -> str:
+    return "is" if len(uids) == 1 else "are"
 
 
 @dataclass
@@ -935,7 +941,7 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
         else:
             lost.append(uid)
     if lost:
-        problem("file-missing", f"UIDs {_uid_list(lost)} are listed without their message"
+        problem("file-missing", f"{_uid_list(lost)} {_are(lost)} listed without a message"
                 " file (the mail is gone)",
                 f"restore the mail from a backup if it is wanted (imsrestore), else {fix}"
                 " drops the lines: Dovecot then reports the messages expunged")
@@ -945,8 +951,9 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
                " Dovecot until it compacts the uidlist")
     dup_renumber = [line for line in renumber if line.base in files]
     if renumber:
-        problem("uid-duplicate", f"UIDs {_uid_list(sorted({l.uid for l in renumber}))} are"
-                " listed for more than one message",
+        twice = sorted({line.uid for line in renumber})
+        problem("uid-duplicate", f"{_uid_list(twice)} {_are(twice)} listed for more than one"
+                " message",
                 f"{fix} keeps the first line of each UID; the other messages get new UIDs"
                 " above every UID used (clients see them as new mail)")
         plan.rewrite = True
@@ -1067,20 +1074,20 @@ def _index_disagreement(index: IndexView, uidlist: UidlistFile,
             on_disk[line.uid] = _info_flags(place[1].partition(":")[2])[0]
     back = sorted(uid for uid in on_disk if uid < index_next and uid not in index.uids)
     if back:
-        return (f"UIDs {_uid_list(back)} were expunged in the index and their files are"
-                " back (Dovecot would give them new UIDs)")
+        return (f"{_uid_list(back)} expunged in the index, and the files are back (Dovecot"
+                " would give them new UIDs)")
     if not restored:
         return None
     gone = sorted(uid for uid in index.uids if uid not in on_disk)
     if gone:
-        return f"the index holds UIDs {_uid_list(gone)}, whose files are not there"
+        return f"the index holds {_uid_list(gone)}, whose files are not there"
     unknown = sorted(uid for uid in on_disk if uid not in index.uids)
     if unknown:
-        return f"the index does not hold UIDs {_uid_list(unknown)}, which the uidlist lists"
+        return f"the index does not hold {_uid_list(unknown)}, which the uidlist lists"
     flagged = sorted(uid for uid, bits in on_disk.items()
                      if not index.uids[uid] & _DIRTY and index.uids[uid] & 0x1F != bits)
     if flagged:
-        return f"the index has other flags for UIDs {_uid_list(flagged)} than their files"
+        return f"the index has other flags for {_uid_list(flagged)} than the files"
     return None
 
 
