@@ -938,9 +938,12 @@ class Case:
 
     def check_stderr(self, err: bytes, what: str) -> None:
         text = err.decode("utf-8", "replace")
-        if "Fatal Python error: init_import_site" in text:
-            # the signal came while Python itself started (its site module), before any
-            # code of the project ran: Python's own exit, not the command's
+        if "Fatal Python error: init_import_site" in text or (
+                "Exception ignored in" in text and "importlib._bootstrap" in text
+                and "KeyboardInterrupt" in text and "/ims/" not in text):
+            # the signal came while Python itself started (its site module, or the import
+            # of the entry point, where Python reports the KeyboardInterrupt as "ignored"
+            # and goes on), before any code of the project ran: Python's, not the command's
             self.result.notes.append("signal during the interpreter's own start-up")
             self.python_startup = True
             return
