@@ -196,8 +196,9 @@ def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, pref
             continue
         if kind == "large_end":
             if not writer.end_large_message():
-                report.skipped.append(f"{folder.logical}/{entry[KEY]}: file shrank while it was"
-                                      " read; the archived copy is damaged")
+                report.skipped.append(f"{folder.logical}/{entry[KEY]}: could not be read to its"
+                                      " end (a read error, or the file shrank); the archived"
+                                      " copy is damaged")
             continue
         key = entry[KEY].encode("utf-8", "surrogateescape")
         info = entry[INFO]

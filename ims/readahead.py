@@ -24,6 +24,7 @@ with ``os._exit``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -106,6 +107,18 @@ def fit_to_archive(state: FolderState, where: str) -> list[str]:
     state.messages = kept
     state.next_uid = min(max(state.next_uid, max(used, default=0) + 1), NEXT_UID_MAX)
     return refused
+
+
+def _read_whole(fd: int, buffer: memoryview) -> int:
+    """Fill ``buffer`` from the start of the file, read by read (a short read is not the
+    end: the next one returns the rest, or raises the error that cut it); the count read."""
+    count = 0
+    while count < len(buffer):
+        got = os.preadv(fd, [buffer[count:]], count)
+        if got == 0:
+            break
+        count += got
+    return count
 
 
 def wire_entry(entry: MessageEntry) -> tuple:
@@ -350,10 +363,14 @@ class StoreReadAhead:
                         slot = self._slot()
                         view = self.views[slot]
                     assert view is not None
-                    count = os.readv(fd, [view[used:used + size + 1]])
+                    count = _read_whole(fd, view[used:used + size + 1])
                     if count > size:
                         # grew since fstat (not a Maildir message's habit): read what fits
                         count = os.preadv(fd, [view[used:SLOT_SIZE]], 0)
+                    elif count < size:
+                        # a read error after the first bytes comes as a short read, and the
+                        # error itself only on the next call: never archive a message short
+                        raise OSError(errno.EIO, f"read {count} of its {size} bytes")
                     batch.append(outcome("data", index, changed, mtime, st.st_uid, st.st_gid,
                                          count, used, count,
                                          hashlib.sha256(view[used:used + count]).hexdigest(),
@@ -381,13 +398,19 @@ class StoreReadAhead:
                 break
             digest.update(chunk)
             position += len(chunk)
+        if position != size:
+            raise OSError(errno.EIO, f"read {position} of its {size} bytes")
         self._put(Batch(None, [outcome("large", index, changed, mtime, st.st_uid, st.st_gid,
                                        size, sha256=digest.hexdigest(),
                                        nlink=st.st_nlink)]))
         position = 0
         while position < size:
             slot = self._slot()
-            count = os.preadv(fd, [self.views[slot][:min(SLOT_SIZE, size - position)]], position)
+            try:
+                count = os.preadv(fd, [self.views[slot][:min(SLOT_SIZE, size - position)]],
+                                  position)
+            except OSError:
+                count = 0       # the member is already announced: it ends short, and is named
             if count <= 0:
                 self._free.append(slot)
                 break
