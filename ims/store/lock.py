@@ -70,35 +70,59 @@ class FolderLock:
     def _try_create(self, content: bytes) -> bool:
         """Create the lock complete, as Dovecot does: written under a temporary name in the
         folder's ``tmp/``, then hard-linked to its name, so that no run killed (or out of
-        space) between create and write leaves an empty lock behind."""
-        tmp = self.path.parent / "tmp"
-        temp = tmp / f"ims-restore.{os.getpid()}.lock.{socket.gethostname()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(temp, flags, 0o600)
-        except FileExistsError:
-            os.unlink(temp)         # our own pid's: a lock attempt interrupted earlier
-            fd = os.open(temp, flags, 0o600)
-        except (FileNotFoundError, NotADirectoryError):
-            return self._create_in_place(content)       # a folder without tmp/
+        space) between create and write leaves an empty lock behind.  ``tmp/`` is opened
+        without following a link (the mail user owns it)."""
+        folder_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             try:
+                tmp_fd = os.open("tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, dir_fd=folder_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return self._create_in_place(content)   # no usable tmp/: in place
+                raise
+            try:
+                return self._link_into_place(content, folder_fd, tmp_fd)
+            finally:
+                os.close(tmp_fd)
+        finally:
+            os.close(folder_fd)
+
+    def _link_into_place(self, content: bytes, folder_fd: int, tmp_fd: int) -> bool:
+        temp = f"ims-restore.{os.getpid()}.lock.{socket.gethostname()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, 0o600, dir_fd=tmp_fd)
+        except FileExistsError:
+            os.unlink(temp, dir_fd=tmp_fd)    # our own pid's: a lock attempt interrupted earlier
+            fd = os.open(temp, flags, 0o600, dir_fd=tmp_fd)
+        try:
+            try:
+                self._own(fd)
                 if os.write(fd, content) != len(content):
                     raise OSError(errno.ENOSPC, "short write of the lock file")
                 inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
             try:
-                os.link(temp, self.path, follow_symlinks=False)
+                os.link(temp, self.path.name, src_dir_fd=tmp_fd, dst_dir_fd=folder_fd,
+                        follow_symlinks=False)
             except FileExistsError:
                 return False
             self.inode = inode
             return True
         finally:
             try:
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=tmp_fd)
             except FileNotFoundError:
                 pass
+
+    def _own(self, fd: int) -> None:
+        """The lock belongs to the folder's owner: Dovecot, running as the mail user, reads
+        the holder and watches the file (inotify) while it waits."""
+        if os.geteuid() == 0:
+            st = os.stat(self.path.parent)
+            os.fchown(fd, st.st_uid, st.st_gid)
 
     def _create_in_place(self, content: bytes) -> bool:
         try:
@@ -107,6 +131,7 @@ class FolderLock:
         except FileExistsError:
             return False
         try:
+            self._own(fd)
             if os.write(fd, content) != len(content):
                 raise OSError(errno.ENOSPC, "short write of the lock file")
             self.inode = os.fstat(fd).st_ino
