@@ -64,6 +64,7 @@ class BackupReport:
     links: int = 0          # hard-link members
     bytes: int = 0          # message bytes stored
     vanished: int = 0
+    vanished_folders: int = 0   # deleted during the backup: counted, not errors
     folders: int = 0
     users: int = 0
     unchanged_folders: int = 0
@@ -138,6 +139,10 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
                 writer.end_folder()
                 report.unchanged_folders += 1
                 report.folders += 1
+                continue
+            if item.vanished:
+                report.vanished_folders += 1
+                report.warnings.append(f"{item.logical}: deleted during the backup (not in it)")
                 continue
             if item.state is None:
                 report.skipped.append(f"{item.logical}: {item.error}")
@@ -239,6 +244,7 @@ def summary(report: BackupReport, exit_code: int) -> dict[str, Any]:
         "bytes": report.bytes,
         "links": report.links,
         "vanished": report.vanished,
+        "vanished_folders": report.vanished_folders,
         "skipped": report.skipped,
         "excluded_folders": report.excluded_folders,
         "folders": report.folders,

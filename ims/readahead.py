@@ -140,6 +140,7 @@ class FolderItem:
     error: str | None = None
     identity: int | None = None     # follows the folder through a rename (chain restores)
     refused: list[str] = field(default_factory=list)   # message names the archive cannot hold
+    vanished: bool = False          # deleted (over IMAP) after the user's folders were listed
 
 
 # An outcome: (kind, index, entry, mtime, uid, gid, size, start, length, sha256, link_target,
@@ -291,8 +292,9 @@ class StoreReadAhead:
                 return
             reader = self.store.open_folder(partition, user, folder)
         except FileNotFoundError:
-            self._put(FolderItem(logical, partition, user, folder, None,
-                                 error="folder vanished during the backup"))
+            # deleted over IMAP since the user's folders were listed: like an expunged
+            # message, counted, not a skip (the backup is complete for what exists)
+            self._put(FolderItem(logical, partition, user, folder, None, vanished=True))
             return
         except OSError as exc:
             self._put(FolderItem(logical, partition, user, folder, None,

@@ -183,3 +183,24 @@ def test_sigterm_stops_a_backup_without_a_trailer(big_store, tmp_path):
     assert proc.returncode == 143, stderr.decode()
     listed = run_cmd("imsrestore", "-t", "-f", str(target), config_dir=big_store / "config")
     assert listed.returncode == 4
+
+
+def test_a_folder_deleted_during_the_backup_is_counted_not_a_skip(tmp_path):
+    """Deleted over IMAP after its user's folders were listed: like an expunged message,
+    counted (exit 0), so backup software does not fail the night's job."""
+    store = tmp_path / "store"
+    generate(store, SampleSpec(users=2, messages_per_user=10, partitions=1, seed=4))
+    first = sorted((store / "partitions" / "primary").iterdir())[0] / "Maildir"
+    for n in range(12):                 # 60 MB in the INBOX: the reader waits in it
+        (first / "cur" / f"17000000{n:02d}.M1P1.big:2,S").write_bytes(b"x" * (5 << 20))
+    last = sorted(p for p in first.iterdir() if p.name.startswith(".") and (p / "cur").is_dir())[-1]
+    proc = subprocess.Popen([command("imsbackup"), "--json", "-f", "-", "/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(store))
+    wait_for_child(proc.pid)
+    head = proc.stdout.read(1 << 20)    # the user is listed, its INBOX under way
+    time.sleep(0.5)
+    subprocess.run(["rm", "-rf", str(last)], check=True)
+    rest, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr.decode()
+    assert f"/{last.name[1:]}: deleted during the backup" in stderr.decode()
+    assert head and rest
