@@ -151,6 +151,7 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             flag_parts = {}
             state = item.state
             report.skipped.extend(f"{item.logical}/{key!r}: {CANNOT_HOLD}" for key in item.refused)
+            report.skipped.extend(f"{item.logical}: {problem}" for problem in state.problems)
             report.warnings.extend(state.notes)
             writer.begin_folder(member, FolderRecord.encode_listed(
                 item.partition, item.user, item.folder, None, state.uidvalidity, state.next_uid,
@@ -170,6 +171,7 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             if item.info is None:
                 report.skipped.append(f"{logical}: {item.error}")
                 continue
+            report.skipped.extend(f"{logical}: {problem}" for problem in item.info.problems)
             report.excluded_folders.extend(f"{logical}/{f}" for f in item.excluded)
             writer.user_index.append({"partition": item.partition, "user": item.user,
                                       "group": item.group, "offset": writer.offset})

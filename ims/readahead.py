@@ -306,7 +306,8 @@ class StoreReadAhead:
             listed = [wire_entry(m) for m in state.messages]
             self._put(FolderItem(logical, partition, user, folder, FolderState(
                 state.name, state.uidvalidity, state.next_uid, state.guid,
-                [k for k in state.keywords if k], [], state.notes, state.highest_modseq), listed,
+                [k for k in state.keywords if k], [], state.notes, state.highest_modseq,
+                state.problems), listed,
                 identity=self.store.folder_identity(partition, user, folder), refused=refused))
             self._read_messages(reader, f"{partition}/{user}/{folder}/")
             self._put(FolderDone())

@@ -46,6 +46,8 @@ class FolderState:
     # listed (None: never indexed, or the store keeps none); a whole-folder restore starts
     # the folder above it so that QRESYNC clients resynchronise (ims.store.modseq).
     highest_modseq: int | None = None
+    # what of the folder could not be read although its messages were (named as skipped)
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class UserInfo:
     uid: int
     gid: int
     subscriptions: tuple[str, ...]
+    problems: tuple[str, ...] = ()   # what of the user could not be read (named as skipped)
 
 
 class FolderReader(Protocol):

@@ -177,6 +177,7 @@ class MaildirFolderReader:
     def _read_state(self, name: str) -> FolderState:
         listing = self._list()
         notes: list[str] = []
+        problems: list[str] = []
         try:
             uids = uidlist.read(self.folder_fd)
         except uidlist.UidlistError as exc:
@@ -187,6 +188,11 @@ class MaildirFolderReader:
                 self._read_small("dovecot-keywords").decode("utf-8", "replace"))
         except FileNotFoundError:
             keywords = []
+        except OSError as exc:
+            # the messages are still read; only the keyword names are lost, and said so
+            keywords = []
+            problems.append(f"dovecot-keywords: {exc.strerror or exc}; the folder's keyword"
+                            " names are not backed up")
         index_next = uidlist.index_next_uid(self.folder_fd)
         next_uid = 1
         uid_map: dict[str, int] = {}
@@ -238,6 +244,7 @@ class MaildirFolderReader:
             messages=messages,
             notes=notes,
             highest_modseq=highest_modseq,
+            problems=problems,
         )
 
     def _read_small(self, filename: str) -> bytes:
@@ -391,15 +398,18 @@ class MaildirStore:
             raise LinkRefused(verdict)
         st = os.stat(root)
         self._listed[(partition, user, INBOX)] = (st.st_dev, st.st_ino)
+        problems: tuple[str, ...] = ()
         try:
             subscriptions = read_subscriptions(root)
         except OSError as exc:
-            # a symlinked file is not followed (root would read whatever it names); one
-            # oddity of this file must not cost the user's whole backup
-            if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.EFBIG):
-                raise
-            subscriptions = []
-        return UserInfo(partition, user, st.st_uid, st.st_gid, tuple(subscriptions))
+            # one oddity of this file (a link, a FIFO, a read error) must not cost the
+            # user's mail: the mail is read, the subscriptions are named as not backed up
+            if exc.errno in (errno.ELOOP, errno.EINVAL):
+                subscriptions = []      # a link or a FIFO: never followed, counts as none
+            else:
+                subscriptions = []
+                problems = (f"subscriptions: {exc.strerror or exc}; not backed up",)
+        return UserInfo(partition, user, st.st_uid, st.st_gid, tuple(subscriptions), problems)
 
     def folders(self, partition: str, user: str) -> list[str]:
         """INBOX first, then every folder directory that holds a ``cur/``, sorted by name."""

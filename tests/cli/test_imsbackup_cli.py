@@ -304,3 +304,24 @@ def test_a_stale_partial_with_a_loose_mode_does_not_lend_it(sample_store, tmp_pa
     stale.chmod(0o644)
     run_cmd("imsbackup", "-f", str(target), "/", config_dir=sample_store / "config", check_rc=0)
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("victim", ["subscriptions", "dovecot-keywords"])
+def test_an_unreadable_control_file_costs_no_mail(fresh_store, tmp_path, victim):
+    """Its own content is named as not backed up (exit 1); the user's or folder's messages
+    are all in the archive."""
+    maildir = next(p for p in sorted((fresh_store / "partitions").rglob("Maildir"))
+                   if (p / victim).exists())
+    os.chmod(maildir / victim, 0)
+    keys = {n.partition(":")[0] for sub in ("cur", "new") for n in os.listdir(maildir / sub)}
+    target = tmp_path / "out.ims"
+    result = run_cmd("imsbackup", "-f", str(target), "--json", "/",
+                     config_dir=fresh_store / "config", prefix=without_dac())
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1, result.stderr
+    assert any(victim in line and "Permission denied" in line for line in summary["skipped"])
+    user = maildir.parent.name
+    archived = {m.name.rsplit("/", 1)[1] for m in read_archive(target.read_bytes()).members
+                if m.name.startswith(f"{maildir.parent.parent.name}/{user}/INBOX/")
+                and m.kind == "message"}
+    assert keys <= archived, keys - archived
