@@ -45,9 +45,11 @@ folder, so an interrupted restore leaves nothing half-built.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import socket
 import stat
@@ -486,9 +488,10 @@ class NewFolder:
         self._close()
 
     def abort(self) -> None:
-        """Nothing of the folder reaches the store (an interrupted or invalid restore)."""
-        if not self._committed:
-            self._remove_aside()
+        """Nothing of the folder reaches the store (an interrupted or invalid restore).  The
+        build directory goes also after a commit interrupted while removing it (once the
+        folder is in place, nothing of it is left there)."""
+        self._remove_aside()
         self._close()
 
 
@@ -528,10 +531,12 @@ class ExistingFolder:
         self.landed = Landed(merged=True)
         self.moved: dict[str, tuple[str, str]] = {}     # staged name -> (sub, name) now
         self._counter = 0
+        self._pending: str | None = None
         self._subs: dict[str, int] = {}
         try:
             self._subs = make_maildir(folder_fd, self.shown, owner, marker=not is_inbox)
             clean_stale(self._subs["tmp"])
+            clean_stale_temps(folder_fd)
         except BaseException:
             self._close()
             raise
@@ -551,14 +556,20 @@ class ExistingFolder:
         return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
 
     def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
-        name = write_file(self._subs["tmp"], self._stage_name(), data, message.internaldate,
-                          self.owner, self.sync)
-        return Placed(self, self._stage(message, name, len(data), False))
+        # named before it exists: an interrupt between its creation and its queueing
+        # leaves nothing that ``abort`` does not know
+        name = self._pending = self._stage_name()
+        write_file(self._subs["tmp"], name, data, message.internaldate, self.owner, self.sync)
+        placed = Placed(self, self._stage(message, name, len(data), False))
+        self._pending = None
+        return placed
 
     def add_link(self, message: MessageRecord, source: Placed) -> Placed:
-        name = self._stage_name()
+        name = self._pending = self._stage_name()
         link_to(source, self._subs["tmp"], name, self.owner)
-        return Placed(self, self._stage(message, name, 0, True))
+        placed = Placed(self, self._stage(message, name, 0, True))
+        self._pending = None
+        return placed
 
     def _stage(self, message: MessageRecord, name: str, size: int, is_link: bool) -> str:
         """Queue a file written to tmp/; a full batch goes in under the lock at once."""
@@ -589,6 +600,9 @@ class ExistingFolder:
         staged, self.staged = self.staged, []
         if self._subs:
             self._unlink_staged(staged)
+            if self._pending is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._pending, dir_fd=self._subs["tmp"])
         self._close()
 
     def _close(self) -> None:
@@ -768,22 +782,32 @@ def is_pristine(folder_fd: int) -> bool:
     return True
 
 
+# Every name a restore gives what it stages: ``ims-restore.<pid>.<n>.<host>`` (a message),
+# ``.ims-restore.<pid>.<n>.<host>`` (a folder built aside), ``ims-restore.<pid>.lock.<host>``
+# and ``ims-restore.<pid>.modseq-seed.<host>``, ``.<file>.ims-restore.<pid>.<host>`` (a
+# control file on its way in).
+_STAGED = re.compile(r"\.?(?:(?P<file>[a-z][a-z-]*)\.)?ims-restore\.(?P<pid>\d+)\."
+                     r"(?:(?:\d+|lock|modseq-seed)\.)?(?P<host>.+)\Z")
+
+
+def _stale(name: str) -> bool:
+    """A leftover of a dead restore of this host (another host's pids mean nothing here)."""
+    match = _STAGED.match(name)
+    if match is None or match["host"] != socket.gethostname():
+        return False
+    pid = int(match["pid"])
+    return pid != os.getpid() and not process_alive(pid)
+
+
 def clean_stale(dir_fd: int) -> None:
-    """Remove what a killed restore of this host left: ``[.]ims-restore.<pid>.<n>.<host>``
-    of dead pids.  Another host's files are never touched (its pids mean nothing here)."""
+    """Remove what a killed restore of this host left in a directory only restores write
+    to by these names (a ``tmp/``, the directory above a Maildir)."""
     try:
         names = os.listdir(dir_fd)
     except FileNotFoundError:
         return
-    here = socket.gethostname()
     for name in names:
-        parts = name.lstrip(".").split(".", 3)
-        if len(parts) < 3 or parts[0] != "ims-restore" or not parts[1].isdigit():
-            continue
-        if len(parts) == 4 and parts[3] != here:
-            continue
-        pid = int(parts[1])
-        if pid == os.getpid() or process_alive(pid):
+        if not _stale(name):
             continue
         try:
             st = os.lstat(name, dir_fd=dir_fd)
@@ -793,6 +817,18 @@ def clean_stale(dir_fd: int) -> None:
                 os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
+
+
+def clean_stale_temps(folder_fd: int) -> None:
+    """In a folder itself (where a user's folder could carry any name): only regular files
+    of the ``.<file>.ims-restore.<pid>.<host>`` kind, never a directory."""
+    for name in os.listdir(folder_fd):
+        match = _STAGED.match(name)
+        if match is None or match["file"] is None or not _stale(name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(name, dir_fd=folder_fd).st_mode):
+                os.unlink(name, dir_fd=folder_fd)
 
 
 def remove_index_files(folder_fd: int) -> None:
@@ -934,6 +970,13 @@ class MaildirWriter:
         except FileNotFoundError:
             return
         try:
+            clean_stale_temps(fd)
+            with contextlib.suppress(OSError):
+                tmp = open_subdir(fd, "tmp", root.joinpath(*parts, "tmp"))
+                try:
+                    clean_stale(tmp)
+                finally:
+                    os.close(tmp)
             merge_subscriptions(anchored(fd), names, self.owner(partition, user),
                                 lock_timeout=self.lock_timeout, sync=self.sync,
                                 shown=root.joinpath(*parts))

@@ -107,3 +107,35 @@ def test_an_interrupt_after_a_merged_file_is_back_never_revives_its_expunged_uid
     lines = (folder / "dovecot-uidlist").read_text().splitlines()
     assert "2 :1.M2P2.gone" not in lines, lines
     assert any(n.startswith("1.M2P2.gone") for n in os.listdir(folder / "cur"))
+
+
+def test_leftovers_of_dead_restores_of_this_host_go_and_nothing_else(tmp_path):
+    import socket
+    import subprocess
+
+    from ims.store.maildir_write import clean_stale, clean_stale_temps
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    here, pid = socket.gethostname(), dead.pid
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ours = [f"ims-restore.{pid}.3.{here}", f"ims-restore.{pid}.lock.{here}",
+            f"ims-restore.{pid}.modseq-seed.{here}"]
+    theirs = [f"ims-restore.{pid}.3.other.example", f"ims-restore.{os.getpid()}.4.{here}",
+              "1700000000.M1P1.host:2,S"]
+    for name in ours + theirs:
+        (tmp / name).write_bytes(b"x")
+    (tmp / f".ims-restore.{pid}.9.{here}").mkdir()
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    clean_stale(fd)
+    os.close(fd)
+    assert sorted(os.listdir(tmp)) == sorted(theirs)
+    # in a folder itself a directory is a user's folder, whatever its name: never removed
+    folder = tmp_path / "Maildir"
+    folder.mkdir()
+    (folder / f".ims-restore.{pid}.1.{here}").mkdir()            # the folder ims-restore/…
+    (folder / f".subscriptions.ims-restore.{pid}.{here}").write_bytes(b"half")
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    clean_stale_temps(fd)
+    os.close(fd)
+    assert os.listdir(folder) == [f".ims-restore.{pid}.1.{here}"]
