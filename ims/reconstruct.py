@@ -222,14 +222,18 @@ def parse_uidlist(data: bytes) -> UidlistFile:
     parsed: list[UidlistLine] = []
     bad: list[str] = []
     for line in lines[1:]:
+        line = line.rstrip("\r")
         space = line.find(" ")
-        colon = line.rfind(":")
         head = line[:space]
-        if space <= 0 or colon < space or not head.isdigit() or not line[colon + 1:] \
+        # "<uid> [extension fields] :<file name>": the name starts after the first " :" and
+        # may be a whole file name (base, then ":2,<flags>"); its base is what identifies it
+        marker = line.find(" :", max(space - 1, 0))
+        base = line[marker + 2:].partition(":")[0] if marker >= 0 else ""
+        if space <= 0 or marker < 0 or not head.isdigit() or not base \
                 or not 1 <= int(head) <= UID_MAX:
             bad.append(line)
             continue
-        parsed.append(UidlistLine(int(head), line[colon + 1:], line[space + 1:]))
+        parsed.append(UidlistLine(int(head), base, line[space + 1:]))
     return UidlistFile(header, uidvalidity, next_uid, parsed, bad)
 
 
@@ -766,7 +770,8 @@ def _scan_folder_dir(snap: _Snapshot, folder_fd: int, is_inbox: bool, policy: _P
         for entry in entries:
             name = entry.name
             staged = _staged_owner(name)
-            if staged is not None:
+            if staged is not None and entry.is_file(follow_symlinks=False):
+                # only a file (a control file's temporary) is a restore's leftover here
                 snap.staged.append(("", name, staged[0], staged[1]))
                 continue
             try:
@@ -965,7 +970,11 @@ def analyse(place: _Place, snap: _Snapshot, ctx: _Context) -> tuple[list[Finding
                 f"{fix} rewrites them in order (UIDs unchanged)")
         plan.rewrite = True
 
-    used_max = max([line.uid for line in kept] + [0])
+    # a line dropped (unreadable, or a name listed twice) may carry a UID clients saw: it
+    # is never handed out again
+    dropped = [int(b.split(" ", 1)[0]) for b in uidlist.bad if b.split(" ", 1)[0].isdigit()]
+    used_max = max([line.uid for line in uidlist.lines] + [u for u in dropped if u <= UID_MAX]
+                   + [0])
     dovecot_next = uidlist.effective_next
     index_next = index.next_uid if index.present and index.readable else 1
     if index_next > max(dovecot_next, used_max + 1):
@@ -1230,7 +1239,10 @@ def list_folders(maildir_fd: int) -> tuple[list[_Folder], list[str]]:
     refused: list[str] = []
     others: list[_Folder] = []
     for name in os.listdir(maildir_fd):
-        if not name.startswith(".") or name in (".", "..") or _staged_owner(name) is not None:
+        # a directory here is a folder whatever its name: imsrestore builds folders aside
+        # in tmp/ or above the Maildir, never here (``ims-restore/123/1/host`` is a name a
+        # user may give a folder over IMAP)
+        if not name.startswith(".") or name in (".", ".."):
             continue
         try:
             st = os.lstat(name, dir_fd=maildir_fd)
@@ -1257,8 +1269,8 @@ def read_counter(maildir_fd: int) -> int | None:
         text = read_regular(COUNTER, maildir_fd, limit=64).decode("ascii", "replace")
         if len(text) == 8:
             values.append(int(text, 16))
-    except (FileNotFoundError, ValueError):
-        pass
+    except (OSError, ValueError):
+        pass            # absent, a link, a FIFO, a directory: as if there were none
     values += _markers(maildir_fd)
     return max(values) if values else None
 
@@ -1272,6 +1284,21 @@ def _markers(maildir_fd: int) -> list[int]:
             except ValueError:
                 pass
     return found
+
+
+def _counter_oddity(maildir_fd: int) -> str | None:
+    """What the counter's name holds when it is not a regular file; None when all is well."""
+    try:
+        st = os.lstat(COUNTER, dir_fd=maildir_fd)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
 
 
 def write_counter(maildir_fd: int, value: int, owner: Owner) -> None:
@@ -1694,7 +1721,15 @@ class Reconstruct:
         # the counter Dovecot hands the next folder's UIDVALIDITY from
         counter = read_counter(maildir_fd)
         highest = max([v for v in used.values() if v] + [0])
-        if counter is not None and counter < highest:
+        odd = _counter_oddity(maildir_fd)
+        if odd is not None:
+            # a link, a FIFO or a directory under the counter's name: named, never followed,
+            # never replaced (Dovecot cannot use it either); the other users go on
+            found.append(place.finding(
+                PROBLEM, "uidvalidity-counter", f"{COUNTER} is {odd}; Dovecot cannot keep its"
+                " UIDVALIDITY counter there", f"remove it (Dovecot writes a new one), then run"
+                f" {fix}"))
+        elif counter is not None and counter < highest:
             if repair:
                 write_counter(maildir_fd, highest, owner)
                 self._act(place, "uidvalidity-counter", f"{COUNTER} raised from"

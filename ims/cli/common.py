@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -97,6 +98,29 @@ def epilog(extra: str = "") -> str:
     text = (extra + "\n\n" if extra else "") + EXIT_CODE_TABLE
     # \b keeps click from re-wrapping the table
     return "\b\n" + text.replace("\n\n", "\n\n\b\n")
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a finite number, 0 or more (``nan`` would wait forever)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} is not a finite number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
+def refuse_repeats(argv: list[str], *options: str) -> None:
+    """An option that must act once refuses to be given twice (click keeps the last)."""
+    for option in options:
+        given = [a for a in argv if a == option or a.startswith(option + "=")]
+        if len(given) > 1:
+            raise click.UsageError(f"{option} is given {len(given)} times; give it once")
 
 
 config_dir_option = click.option(

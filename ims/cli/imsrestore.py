@@ -15,7 +15,7 @@ import click
 from ims.archive import format as fmt
 from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader, MemberDamaged, peek_header
-from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog, run,
+from ims.cli.common import (CommandResult, Seconds, config_dir_option, emit_json, epilog, run,
                             setup_debug_log, warn)
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
@@ -234,7 +234,7 @@ class _StreamCheck:
 @click.option("--refs", "refs_out", metavar="PATH",
               help="Where to write the references file (default: the current directory).")
 @click.option("--sync", is_flag=True, help="fsync every restored file and folder.")
-@click.option("--lock-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+@click.option("--lock-timeout", type=Seconds(), default=60.0, show_default=True,
               help="Seconds to wait for a folder's lock before giving up (exit 3).")
 @click.option("--batch", type=click.IntRange(1), default=500, show_default=True,
               help="Messages added to an existing folder per hold of its lock.")

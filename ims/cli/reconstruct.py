@@ -7,7 +7,8 @@ import sys
 import click
 
 from ims import reconstruct as rc
-from ims.cli.common import CommandResult, config_dir_option, emit_json, epilog, run
+from ims.cli.common import (CommandResult, Seconds, config_dir_option, emit_json, epilog,
+                            refuse_repeats, run)
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import UsageError
@@ -57,7 +58,7 @@ EXTRA = """What reconstruct's codes mean:
               help="With -m, once, after restoring a snapshot older than what clients saw:"
                    " raise every folder's next UID by N and restart its modseq above the"
                    " clock (its index files go).")
-@click.option("--lock-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+@click.option("--lock-timeout", type=Seconds(), default=60.0, show_default=True,
               metavar="S",
               help="Seconds to wait for a folder's lock before giving up on it (exit 3).")
 @click.option("-v", "verbose", is_flag=True, help="Also list the notices.")
@@ -114,7 +115,13 @@ def summary(report: rc.Report, code: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(command, argv, PROG)
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        refuse_repeats(args, "--uid-margin")     # a margin is applied once, as given
+    except click.UsageError as exc:
+        click.echo(f"{PROG}: usage error: {exc.format_message()}", err=True)
+        return 2
+    return run(command, args, PROG)
 
 
 if __name__ == "__main__":

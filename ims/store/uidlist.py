@@ -61,9 +61,13 @@ def parse(data: bytes) -> Uidlist:
     uids = result.uids
     last = 0
     for line in lines[1:]:
+        line = line.rstrip("\r")
         space = line.find(" ")
-        colon = line.rfind(":")
-        if space <= 0 or colon < space:
+        # "<uid> [extension fields] :<file name>", the name possibly a whole file name
+        # ("<base>:2,<flags>"): the base is what names the message
+        marker = line.find(" :", max(space - 1, 0))
+        base = line[marker + 2:].partition(":")[0] if marker >= 0 else ""
+        if space <= 0 or not base:
             result.bad_lines += 1
             continue
         try:
@@ -71,7 +75,7 @@ def parse(data: bytes) -> Uidlist:
         except ValueError:
             result.bad_lines += 1
             continue
-        uids[line[colon + 1:]] = uid
+        uids[base] = uid
         if uid > last:
             last = uid
     result.last_uid = last
