@@ -13,11 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ims.archive import format as fmt
+from ims.archive import records
+from ims.archive.reader import ArchiveReader, parse_member
+from ims.archive.writer import ArchiveWriter, RecordSink
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fuzz  # noqa: E402
-
-from ims.archive import format as fmt  # noqa: E402
 
 SEED = 20240601
 
@@ -198,7 +203,6 @@ def test_a_hard_link_member_with_data_is_refused_in_order_and_by_offset(setup, t
     """A link member whose size is not 0 was skipped over by the reader in order but not by
     the reader by offset, so the two disagreed on where the next member starts.  Now both
     refuse its header."""
-    from ims.archive.reader import ArchiveReader
     archive = base(setup)
     items = [fuzz.logical(archive, p) for p in archive.pieces]
     at, message = next((i, item) for i, item in enumerate(items) if item.kind == fmt.MESSAGE)
@@ -222,13 +226,6 @@ def test_a_hard_link_member_with_data_is_refused_in_order_and_by_offset(setup, t
 
 
 # -- round trip: what the writer writes, the readers read back --------------------------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from ims.archive import records  # noqa: E402
-from ims.archive.reader import ArchiveReader, parse_member  # noqa: E402
-from ims.archive.writer import ArchiveWriter, RecordSink  # noqa: E402
 
 NAME_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
 users = st.text(NAME_CHARS, min_size=1, max_size=40).filter(records.valid_user)
