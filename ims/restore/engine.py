@@ -394,12 +394,16 @@ class Engine:
         if source is Source.FETCH:
             assert self.fetch is not None
             fetched = self.fetch(linkname)
-            if fetched is not None:
-                placed = writer.add(record, fetched)
-                self.restored[name] = placed
-                self.restored.setdefault(linkname, placed)
+            if fetched is None:
+                # the archive (or chain) is all there is: a link to bytes it does not hold
+                # is damage, not something a references file could complete
+                self._error(self.report.damaged, f"{folder.logical}/{record.key}: its link"
+                            f" target {linkname} is not in the archive")
                 return
-            source = Source.UNRESOLVED
+            placed = writer.add(record, fetched)
+            self.restored[name] = placed
+            self.restored.setdefault(linkname, placed)
+            return
         if source is Source.UNRESOLVED:
             partition, user, target_folder = folder.target
             self.report.unresolved.append({

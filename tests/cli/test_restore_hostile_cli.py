@@ -487,3 +487,27 @@ def test_a_folder_restored_whole_near_the_uid_limit_keeps_dovecot_able_to_assign
     assert result.returncode == 0, result.stderr
     next_uid, _ = uidlist_uids(maildir(fresh_store, "high"))
     assert next_uid <= 2**32 - 2, next_uid
+
+
+def test_a_link_to_bytes_the_archive_does_not_hold_is_damage_not_a_references_file(
+        fresh_store, tmp_path):
+    """From a file the archive is all there is: a hard-link member whose target is in no
+    member cannot be completed by ``imsrestore -r``; it is damage (exit 4), named."""
+    path = tmp_path / "a.ims"
+    archive = Crafted(path)
+    archive.user("lonely", ["INBOX"])
+    archive.folder("lonely", "INBOX", [["1.M1P1.a", 7, "S", []]])
+    records = {"IMS.type": "message", "IMS.flags": "S", "IMS.state": "cur", "IMS.uid": "7",
+               "IMS.internaldate": "1700000000", "IMS.basename": "1.M1P1.a", "IMS.size": "5",
+               "IMS.links": "2"}
+    encoded = b"".join(fmt.pax_record(k, v) for k, v in records.items())
+    archive.writer.add_link(b"primary/lonely/INBOX/1.M1P1.a", b"primary/nobody/INBOX/1.M9P9.x",
+                            1700000000, encoded, 0, 0)
+    archive.counts["messages"] += 1
+    archive.close()
+    result = run_cmd("imsrestore", "--json", "-f", str(path), config_dir=fresh_store / "config",
+                     cwd=tmp_path)
+    one_line_error(result)
+    assert result.returncode == 4, result.stderr.decode()
+    assert "not in the archive" in result.stderr.decode()
+    assert not list(tmp_path.glob("imsrestore-refs-*"))
