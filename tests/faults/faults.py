@@ -1019,7 +1019,14 @@ class Case:
                                               if m[1] not in skipped_shas])
                 if in_cover:
                     have = {m[1] for m in actual[key].get("messages", [])}
-                    value["messages"] = [m for m in value["messages"] if m[1] in have]
+                    # a folder whose dovecot-keywords could not be read keeps its messages,
+                    # without keyword names (the backup named that): system flags compared
+                    value["messages"] = [[*m[:2], m[2].split(" ")[0]] if len(m) > 2 else m
+                                         for m in value["messages"] if m[1] in have]
+                    if key in actual:
+                        actual[key] = dict(actual[key], messages=[
+                            [*m[:2], m[2].split(" ")[0]] if len(m) > 2 else m
+                            for m in actual[key].get("messages", [])])
             expected[key] = value
         for key in covered:
             if key in actual and key not in expected and not actual[key].get("messages"):
