@@ -62,7 +62,7 @@ from ims.store.files import open_regular, read_regular
 from ims.store.lock import STALE_DEAD_PID_AGE, STALE_UNKNOWN_AGE, FolderLock, process_alive
 from ims.store.maildir import INBOX, MaildirStore, dirname_to_folder, parse_keywords_file
 from ims.store.maildir_write import (INDEX_FILES, Owner, UnsafePath, anchored, open_dir_under,
-                                     open_subdir, replace_file)
+                                     open_levels, open_subdir, replace_file)
 from ims.store.subscriptions import parse_subscriptions
 
 PROBLEM = "problem"
@@ -1377,16 +1377,7 @@ def quota_usage(maildir_fd: int, folders: list[_Folder],
 
 
 def _open_levels(dir_fd: int, parts: list[str]) -> int:
-    fd = os.dup(dir_fd)
-    try:
-        for part in parts:
-            child = open_subdir(fd, part, part)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return open_levels(os.dup(dir_fd), parts, Path())
 
 
 def _name_size(name: str) -> int | None:

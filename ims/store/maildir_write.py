@@ -124,8 +124,14 @@ def open_dir_under(root: Path, parts: tuple[str, ...] | list[str],
                    owner: "Owner | None" = None) -> int:
     """A descriptor of ``root/parts...``, each level opened with O_NOFOLLOW from ``root``
     down (``root``, the partition directory, is configuration and may be a link)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    shown = root
+    return open_levels(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), parts,
+                       root, owner)
+
+
+def open_levels(fd: int, parts: tuple[str, ...] | list[str], shown: Path,
+                owner: "Owner | None" = None) -> int:
+    """Walk down from ``fd`` (which this takes over and closes) through ``parts``, each level
+    opened with O_NOFOLLOW (``open_subdir``); the last level's descriptor."""
     try:
         for part in parts:
             shown = shown / part
