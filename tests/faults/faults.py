@@ -971,6 +971,15 @@ class Case:
                                 env=env_for(config or self.setup.golden / "config", extra_env),
                                 start_new_session=True)
 
+    def finish_checked(self, proc: subprocess.Popen, tool: str) -> tuple[int | None, bytes]:
+        """Wait for the command, then the checks every case makes: its stderr (no
+        traceback), and no process of its group left."""
+        rc = self.finish(proc)
+        err = self.err_path.read_bytes()
+        self.check_stderr(err, tool)
+        self.check_group(proc.pid, tool)
+        return rc, err
+
     def finish(self, proc: subprocess.Popen, timeout: float = COMMAND_TIMEOUT) -> int | None:
         try:
             return proc.wait(timeout)
@@ -1121,10 +1130,7 @@ class Case:
             drain.join()
         elif pipe:
             self.drain(proc, captured)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsbackup")
-        self.check_group(proc.pid, "imsbackup")
+        rc, err = self.finish_checked(proc, "imsbackup")
         self.result.outcome = rc_text(rc) if fired else "finished before the fault"
         self.result.notes.append(f"fault at {position} bytes" if position is not None else
                                  f"fault at {case['at_seconds']} s")
@@ -1161,10 +1167,7 @@ class Case:
             head = subprocess.Popen(["head", "-c", str(n)], stdin=proc.stdout, stdout=out)
         proc.stdout.close()
         head.wait(COMMAND_TIMEOUT)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsbackup")
-        self.check_group(proc.pid, "imsbackup")
+        rc, err = self.finish_checked(proc, "imsbackup")
         self.result.outcome = rc_text(rc)
         size = self.setup.archive.stat().st_size
         if rc == 0:
@@ -1204,10 +1207,7 @@ class Case:
             previous = self.place_previous(target, self.case["previous"])
             self.fill(root, self.case["free"])
             proc = self.backup_popen(str(target))
-            rc = self.finish(proc)
-            err = self.err_path.read_bytes()
-            self.check_stderr(err, "imsbackup")
-            self.check_group(proc.pid, "imsbackup")
+            rc, err = self.finish_checked(proc, "imsbackup")
             self.result.outcome = rc_text(rc)
             if rc not in (0, 6):
                 self.violate(f"imsbackup on a full disk: {rc_text(rc)} instead of exit 6:"
@@ -1329,10 +1329,7 @@ class Case:
                 proc = self.backup_popen("-", stdout=out, extra_env=extra)
         else:
             proc = self.backup_popen(str(target), extra_env=extra)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsbackup")
-        self.check_group(proc.pid, "imsbackup")
+        rc, err = self.finish_checked(proc, "imsbackup")
         self.result.outcome = rc_text(rc)
         if rc != 6:
             self.violate(f"imsbackup with EIO writing at byte {case['at_bytes']}: {rc_text(rc)}"
@@ -1372,10 +1369,7 @@ class Case:
                 os.kill(victim, signal.SIGKILL)
         if pipe:
             self.drain(proc, captured)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsbackup")
-        self.check_group(proc.pid, "imsbackup")
+        rc, err = self.finish_checked(proc, "imsbackup")
         self.result.outcome = rc_text(rc) if victim else "no helper left to kill"
         if victim is not None and rc not in (0, 4):
             self.violate(f"imsbackup with its store reader killed: {rc_text(rc)} instead of exit 4:"
@@ -1537,10 +1531,7 @@ class Case:
         if pipe:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsrestore")
-        self.check_group(proc.pid, "imsrestore")
+        rc, err = self.finish_checked(proc, "imsrestore")
         self.result.outcome = rc_text(rc) if fired else "finished before the fault"
         self.result.notes.append(f"fault at {position} bytes" if position is not None else
                                  "fault by time")
@@ -1597,10 +1588,7 @@ class Case:
         self.feed(proc, data[case["at_bytes"]:])
         with contextlib.suppress(OSError):
             proc.stdin.close()
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsrestore")
-        self.check_group(proc.pid, "imsrestore")
+        rc, err = self.finish_checked(proc, "imsrestore")
         self.result.outcome = rc_text(rc) if victim else "no helper to kill"
         if victim is not None and rc != 4:
             self.violate(f"imsrestore with its archive reader killed: {rc_text(rc)} instead of"
@@ -1622,10 +1610,7 @@ class Case:
         time.sleep(case["settle"])
         with contextlib.suppress(OSError):
             proc.stdin.close()
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsrestore")
-        self.check_group(proc.pid, "imsrestore")
+        rc, err = self.finish_checked(proc, "imsrestore")
         self.result.outcome = rc_text(rc)
         if rc not in (2, 4):
             self.violate(f"imsrestore of a stream cut at byte {n}: {rc_text(rc)} instead of exit 4:"
@@ -1648,10 +1633,7 @@ class Case:
             # message files take whole pages: a tmpfs holds fewer bytes than it has free
             filler = self.fill(root, int(needed * 1.6 * case["free_fraction"]))
             proc = self.restore_popen(config, self.restore_args(str(self.source())))
-            rc = self.finish(proc)
-            err = self.err_path.read_bytes()
-            self.check_stderr(err, "imsrestore")
-            self.check_group(proc.pid, "imsrestore")
+            rc, err = self.finish_checked(proc, "imsrestore")
             self.result.outcome = rc_text(rc)
             if rc not in (expected_rc, 1, 6):
                 self.violate(f"imsrestore on a full disk: {rc_text(rc)}: {err.decode()[:200]}")
@@ -1677,10 +1659,7 @@ class Case:
         extra = {"LD_PRELOAD": str(self.setup.shim), "IMSF_EIO_PATH": str(copy),
                  "IMSF_EIO_OFFSET": str(case["at_bytes"]), "IMSF_EIO_MODE": "r"}
         proc = self.restore_popen(config, self.restore_args(str(copy)), extra_env=extra)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsrestore")
-        self.check_group(proc.pid, "imsrestore")
+        rc, err = self.finish_checked(proc, "imsrestore")
         self.result.outcome = rc_text(rc)
         if rc not in (4, 6) and not (rc == expected_rc and self.case["names"] != "all"):
             self.violate(f"imsrestore with EIO at archive byte {case['at_bytes']}: {rc_text(rc)}:"
@@ -1715,10 +1694,7 @@ class Case:
                 proc.stdin.close()
         else:
             proc = self.restore_popen(config, self.restore_args(str(src)), extra_env=extra)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsrestore")
-        self.check_group(proc.pid, "imsrestore")
+        rc, err = self.finish_checked(proc, "imsrestore")
         self.result.outcome = f"{case['op']}: {rc_text(rc)}"
         if rc not in signal_rc(case["signal"]):
             self.violate(f"imsrestore signalled SIG{case['signal']} at {case['op']} {n}:"
@@ -1740,10 +1716,7 @@ class Case:
                  "IMSF_EIO_PATH": f"/{user}/", "IMSF_EIO_OFFSET": "0"}
         self.result.notes.append(f"EIO writing under {user}")
         proc = self.restore_popen(config, self.restore_args(str(self.source())), extra_env=extra)
-        rc = self.finish(proc)
-        err = self.err_path.read_bytes()
-        self.check_stderr(err, "imsrestore")
-        self.check_group(proc.pid, "imsrestore")
+        rc, err = self.finish_checked(proc, "imsrestore")
         self.result.outcome = rc_text(rc)
         if rc not in (1, 6) and not (rc == expected_rc and "Input/output" not in err.decode()):
             self.violate(f"imsrestore with EIO writing under {user}: {rc_text(rc)}:"
