@@ -46,7 +46,7 @@ _ERRORS = {"Incomplete": Incomplete, "ArchiveDamaged": ArchiveDamaged, "DeviceEr
 class PrefetchReader:
     seekable = False
 
-    def __init__(self, fd: int, device_name: str, blocking_factor: int) -> None:
+    def __init__(self, fd: int, device_name: str, blocking_factor: int | None) -> None:
         self.device_name = device_name
         self.header: ArchiveHeader | None = None
         self.trailer: TrailerRecord | None = None
@@ -163,7 +163,7 @@ class PrefetchReader:
 
     # -- child -------------------------------------------------------------------------
 
-    def _child(self, channel: Channel, fd: int, blocking_factor: int) -> None:
+    def _child(self, channel: Channel, fd: int, blocking_factor: int | None) -> None:
         reader = ArchiveReader(fd, self.device_name, blocking_factor)
         reader.decode_kinds = frozenset((fmt.MESSAGE,))
         # JSON travels as text: a parsed object may be too deep to pickle

@@ -32,7 +32,7 @@ from ims.archive import format as fmt
 from ims.archive import limits
 from ims.archive.records import (ArchiveHeader, FolderRecord, MessageRecord, RecordError,
                                  TrailerRecord, UserRecord, shown, valid_link_target)
-from ims.errors import ArchiveDamaged, DeviceError
+from ims.errors import ArchiveDamaged, DeviceError, UsageError
 
 _CHUNK = 1 << 20
 
@@ -162,7 +162,9 @@ class ReadStats:
 
 
 class ArchiveReader:
-    def __init__(self, fd: int, device_name: str, blocking_factor: int) -> None:
+    def __init__(self, fd: int, device_name: str, blocking_factor: int | None) -> None:
+        """``blocking_factor`` None: the one the archive's header records (as GNU tar finds
+        it); a number: must be the header's, else ``ArchiveDamaged``."""
         self.fd = fd
         self.device_name = device_name
         self.blocking_factor = blocking_factor
@@ -325,6 +327,7 @@ class ArchiveReader:
                                  f" is {member.name!r})")
         self.header = decode_header(self.read_json(member), self.device_name,
                                     self.blocking_factor)
+        self.blocking_factor = self.header.blocking_factor
         return self.header
 
     def members(self) -> Iterator[Member]:
@@ -375,13 +378,33 @@ class ArchiveReader:
             raise ArchiveDamaged(f"{self.device_name}: no end-of-archive blocks after the trailer")
         # the stream is whole records (docs/archive-format.md §1, §6): one cut in the last
         # record's padding is cut short too
-        padding = self._read(-self.offset % (fmt.BLOCK * self.blocking_factor))
+        record = fmt.BLOCK * (self.blocking_factor or fmt.DEFAULT_BLOCKING_FACTOR)
+        padding = self._read(-self.offset % record)
         if padding.count(0) != len(padding):
             raise ArchiveDamaged(f"{self.device_name}: the padding of the last record is not"
                                  " NUL bytes")
         self.trailer = trailer
 
     # -- random access (seekable archives) -------------------------------------------
+
+    def require_seekable(self, purpose: str) -> None:
+        """``UsageError`` unless the archive can be read out of order, saying what to do:
+        a tape is copied to a file record by record, with the record size it was written
+        with (read from its header when no -b was given), a pipe is saved to a file."""
+        if self.seekable:
+            return
+        mode = os.fstat(self.fd).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            if self.blocking_factor is None:
+                self.read_header()
+            record = fmt.BLOCK * (self.blocking_factor or fmt.DEFAULT_BLOCKING_FACTOR)
+            raise UsageError(f"{self.device_name}: {purpose} needs the archive as a file, and a"
+                             " tape is read only in order; rewind it and copy the archive to a"
+                             f" file first: dd if={self.device_name} of=FILE bs={record},"
+                             " then use -f FILE")
+        raise UsageError(f"{self.device_name}: {purpose} needs the archive as a file, and a pipe"
+                         " is read only in order; save the stream to a file first, then use"
+                         " -f FILE")
 
     def locate_trailer(self) -> TrailerRecord | None:
         """The trailer of a seekable archive, found from the end; None when there is none.
@@ -568,15 +591,17 @@ def spool(chunks: Iterable[bytes], what: str) -> memoryview:
     return memoryview(mapping)
 
 
-def decode_header(body: dict[str, Any], device_name: str, blocking_factor: int) -> ArchiveHeader:
-    """The header member's checks (format, version, blocking factor) and its record."""
+def decode_header(body: dict[str, Any], device_name: str,
+                  blocking_factor: int | None) -> ArchiveHeader:
+    """The header member's checks (format, version, the blocking factor when one was given)
+    and its record."""
     if body.get("format") != fmt.FORMAT_NAME:
         raise ArchiveDamaged(f"{device_name}: not an imsbackup archive")
     if body.get("version") != fmt.FORMAT_VERSION:
         raise ArchiveDamaged(f"{device_name}: archive format version"
                              f" {body.get('version')} is not supported")
     header = ArchiveHeader.decode(body, f"{device_name}: the archive header")
-    if header.blocking_factor != blocking_factor:
+    if blocking_factor is not None and header.blocking_factor != blocking_factor:
         raise ArchiveDamaged(f"{device_name}: wrong blocking factor: the archive was"
                              f" written with -b {header.blocking_factor}, read with -b"
                              f" {blocking_factor}")

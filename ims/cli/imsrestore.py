@@ -25,7 +25,7 @@ from ims.restore import session
 from ims.restore.engine import RestoreOptions, RestoreReport
 from ims.restore.plan import DEFAULT_UID_MARGIN
 from ims.restore.refs import read_refs, write_refs
-from ims.restore.selection import parse_selection, read_user_map
+from ims.restore.selection import not_in_archive, parse_selection, read_user_map
 
 PROG = "imsrestore"
 
@@ -64,7 +64,7 @@ def make_decider(answer: str | None, input_is_stdin: bool):
 
 
 def copy_to_where(fd: int, device_name: str, where: Path, names: tuple[str, ...],
-                  blocking: int) -> Path:
+                  blocking: int | None) -> Path:
     """--where DIR: store the stream unchanged in DIR, named after the logical name and the
     backup's time and kind, so that a full backup and its incrementals restored into one
     DIR sit side by side in order: ``<name>.<YYYYmmdd-HHMMSS>.<full|incr>.ims``.
@@ -92,8 +92,7 @@ def copy_to_where(fd: int, device_name: str, where: Path, names: tuple[str, ...]
             name = f"{label}.{stamp}.{kind}.ims"
             partial = where / (name + ".partial")
             out = _create_partial(dir_fd, partial)
-            # checked with the blocking factor it was written with: it is stored unchanged
-            check = _StreamCheck(str(partial), header.blocking_factor if header else blocking)
+            check = _StreamCheck(str(partial), blocking)
             try:
                 chunk = first
                 while chunk:
@@ -152,7 +151,7 @@ def _create_partial(dir_fd: int, partial: Path) -> int:
 class _StreamCheck:
     """The archive reader in a thread, reading a pipe fed with every byte that is stored."""
 
-    def __init__(self, name: str, blocking: int) -> None:
+    def __init__(self, name: str, blocking: int | None) -> None:
         self.name = name
         self.read_fd, self.write_fd = os.pipe()
         try:
@@ -164,7 +163,7 @@ class _StreamCheck:
         self.thread = threading.Thread(target=self._run, args=(blocking,), daemon=True)
         self.thread.start()
 
-    def _run(self, blocking: int) -> None:
+    def _run(self, blocking: int | None) -> None:
         try:
             reader = ArchiveReader(self.read_fd, self.name, blocking)
             reader.read_header()
@@ -213,8 +212,8 @@ class _StreamCheck:
 @click.option("-f", "devices", multiple=True, required=True, metavar="FILE|-",
               help="Archive file or - for stdin (several -f: a full backup and its incrementals).")
 @click.option("-b", "blocking", type=click.IntRange(1, fmt.MAX_BLOCKING_FACTOR),
-              default=fmt.DEFAULT_BLOCKING_FACTOR, show_default=True,
-              help="Blocking factor; must be the one the archive was written with.")
+              help="Blocking factor (default: the one the archive's header records); when"
+                   " given, it must be the one the archive was written with.")
 @click.option("-c", "answer", type=click.Choice(["y", "n"]),
               help="Answer to 'continue after an error?' given in advance.")
 @click.option("-e", "encoding", default="UTF-8", show_default=True,
@@ -248,7 +247,7 @@ class _StreamCheck:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @config_dir_option
 @click.argument("names", nargs=-1)
-def command(devices: tuple[str, ...], blocking: int, answer: str | None, encoding: str,
+def command(devices: tuple[str, ...], blocking: int | None, answer: str | None, encoding: str,
             dump_header: bool, ignore_existing: bool, map_file: str | None, new_sibling: bool,
             refs_in: str | None, list_only: bool, verbosity: int, partition: str | None,
             where: str | None, refs_out: str | None, sync: bool, lock_timeout: float,
@@ -297,8 +296,7 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
                                                list(names))
         source_name = " ".join(devices)
     elif refs_in:
-        if not reader.seekable:
-            raise UsageError("-r needs the archive as a file (-f FILE), not a pipe")
+        reader.require_seekable("-r")
         _, entries = read_refs(refs_in)
         report, header = session.restore_refs(writer, reader, entries, options, decide)
         source_name = device_name
@@ -318,9 +316,9 @@ def command(devices: tuple[str, ...], blocking: int, answer: str | None, encodin
         nothing_done = list_only or not (report.messages or report.already_there
                                          or report.folders_whole or report.folders_merged)
         if nothing_done:
-            raise UsageError(f"{' '.join(unmatched)}: not in the archive {source_name}")
+            raise UsageError(not_in_archive(unmatched, source_name))
         # from a pipe a NAME can only be found missing at the end, after the others landed
-        report.skipped.extend(f"{name}: not in the archive {source_name}" for name in unmatched)
+        report.skipped.extend(not_in_archive([name], source_name) for name in unmatched)
 
     refs_path = None
     if report.unresolved:

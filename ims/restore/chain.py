@@ -118,11 +118,9 @@ class MergedChain:
 
 
 def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> MergedChain:
-    """Read every archive (oldest first, headers already read) and keep the latest state of
-    the selected users' folders and where each message's bytes are."""
-    for reader in readers:
-        if not reader.seekable:
-            raise UsageError(f"{reader.device_name}: a chain is restored from files, not pipes")
+    """Read every archive (oldest first, headers already read, each a seekable file: the
+    caller checks) and keep the latest state of the selected users' folders and where each
+    message's bytes are."""
     chain = MergedChain(readers)
     last = len(readers) - 1
     for number, reader in enumerate(readers):

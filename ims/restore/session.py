@@ -12,19 +12,20 @@ is in the report.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader
-from ims.archive.records import ArchiveHeader
+from ims.archive.records import ArchiveHeader, RecordError, TrailerRecord
 from ims.config import Config
 from ims.errors import ArchiveDamaged, ConfigError, UsageError
 from ims.restore import chain as chains
 from ims.restore.engine import (Decide, Engine, RestoreOptions, RestoreReport, feed_archive,
                                 feed_indexed, fetch_by_name)
 from ims.restore.refs import feed_refs
-from ims.restore.selection import selects_users_only
+from ims.restore.selection import accept_user_forms, not_in_archive, selects_users_only
 from ims.store.maildir import LayoutError, MaildirStore
 from ims.store.maildir_write import MaildirWriter, Owner
 
@@ -66,7 +67,18 @@ def check_names(names: list[str], patterns, users: list[tuple[str, str, str]],
                if not any(p.user_matches(*u) for u in users if p.folder is None)
                and not any(p.user_matches(*f[:3]) and p.folder_matches(f[3]) for f in folders)]
     if missing:
-        raise UsageError(f"{' '.join(missing)}: not in the archive {where}")
+        raise UsageError(not_in_archive(missing, where))
+
+
+def with_user_forms(names: list[str] | None, options: RestoreOptions,
+                    trailers: list[TrailerRecord | None]) -> tuple[RestoreOptions, list[str]]:
+    """``/P/user1`` taken as ``/P/user/user1`` where the archives' trailers recorded a user
+    user1 and no group user1 (``accept_user_forms``), and the notes to print."""
+    if not names:
+        return options, []
+    recorded = [(u.partition, u.group, u.user) for t in trailers if t is not None for u in t.users]
+    patterns, notes = accept_user_forms(names, options.patterns, recorded)
+    return dataclasses.replace(options, patterns=patterns), notes
 
 
 def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReader,
@@ -77,6 +89,7 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
     header = reader.read_header()
     order = chains.order_chain([(reader.device_name, header)], allow_gaps=True)
     trailer = reader.locate_trailer() if isinstance(reader, ArchiveReader) else None
+    options, name_notes = with_user_forms(names, options, [trailer])
     if names and trailer is not None:
         groups = {(u.partition, u.user): u.group for u in trailer.users}
         check_names(names, options.patterns,
@@ -90,7 +103,7 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
         feed = feed_archive(reader)
     engine = Engine(writer, options, decide, has_full=order.has_full,
                     backup_created=header.created, fetch=fetch, emit=emit)
-    engine.report.notes.extend(order.notes)
+    engine.report.notes.extend(order.notes + name_notes)
     return engine.run(feed), header
 
 
@@ -99,8 +112,11 @@ def restore_chain(writer: MaildirWriter, readers: list[ArchiveReader], options: 
                   names: list[str] | None = None) -> tuple[RestoreReport, ArchiveHeader]:
     """A full backup and its incrementals, checked and merged (``ims.restore.chain``)."""
     headers = chains.check_headers(readers)
+    for reader in readers:
+        reader.require_seekable("a chain restore (several -f)")
     order = chains.order_chain(headers, allow_gaps)
     ordered = [readers[i] for i in order.order]
+    options, name_notes = with_user_forms(names, options, [_trailer_or_none(r) for r in ordered])
     merged = chains.merge(ordered, options.patterns)
     if names:
         users = [(u.partition, u.group, u.user) for u in merged.users]
@@ -112,8 +128,17 @@ def restore_chain(writer: MaildirWriter, readers: list[ArchiveReader], options: 
     last = headers[order.order[-1]][1]
     engine = Engine(writer, options, decide, has_full=order.has_full,
                     backup_created=last.created, fetch=chains.fetch_from_chain(merged), emit=emit)
-    engine.report.notes.extend(order.notes)
+    engine.report.notes.extend(order.notes + name_notes)
     return engine.run(chains.feed_chain(merged)), last
+
+
+def _trailer_or_none(reader: ArchiveReader) -> TrailerRecord | None:
+    """A chain archive's trailer for reading NAMEs; a damaged one is named when the archive
+    is read in full (``chains.merge``), so here it only lists no user."""
+    try:
+        return reader.locate_trailer()
+    except RecordError:
+        return None
 
 
 def restore_refs(writer: MaildirWriter, reader: ArchiveReader, entries: list[dict],

@@ -58,7 +58,7 @@ def test_wrong_blocking_factor_is_refused_before_writing(fresh_store, tmp_path):
     user = first_user(fresh_store)
     victim = fresh_store / "partitions" / "primary" / user
     os.rename(victim, tmp_path / "moved")
-    result = restore(fresh_store, "-f", "-", data=data)
+    result = restore(fresh_store, "-b", "20", "-f", "-", data=data)
     assert result.returncode == 4
     assert b"wrong blocking factor" in result.stderr and b"-b 8" in result.stderr
     assert not victim.exists()
