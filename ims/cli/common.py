@@ -94,9 +94,14 @@ def report_unexpected(prog: str, exc: BaseException) -> int:
     return int(ExitCode.INTERNAL)
 
 
-def epilog(extra: str = "") -> str:
+def epilog(extra: str = "", examples: str = "") -> str:
+    """The end of a command's --help: ``extra`` notes, the exit-code table, then
+    ``examples`` last, where the eye lands: pairs of lines, ``# what it does`` and the
+    command as typed."""
     text = (extra + "\n\n" if extra else "") + EXIT_CODE_TABLE
-    # \b keeps click from re-wrapping the table
+    if examples:
+        text += "\n\nExamples:\n" + "\n".join("  " + line for line in examples.splitlines())
+    # \b keeps click from re-wrapping the table and the examples
     return "\b\n" + text.replace("\n\n", "\n\n\b\n")
 
 

@@ -14,8 +14,18 @@ from ims.errors import ExitCode, UsageError
 PROG = "configutil"
 
 
+EXAMPLES = """# list every key that is set
+configutil
+# set a partition's path
+configutil -o store.partition.primary.path -v /srv/mail/primary
+# leave two folders out of every backup, then unset the key again
+configutil -o local.store.backup.exclude -v 'Trash%Junk'
+configutil -o local.store.backup.exclude -v ''"""
+
+
 @click.command(help="Print or set msg.conf keys. Without -o, list every key that is set.",
-               epilog=epilog(), context_settings={"help_option_names": ["--help"]})
+               epilog=epilog(examples=EXAMPLES),
+               context_settings={"help_option_names": ["--help"], "max_content_width": 100})
 @click.option("-o", "key", metavar="KEY", help="The key to print or set.")
 @click.option("-v", "value", metavar="VALUE", help="Set KEY to VALUE (an empty value unsets it).")
 @config_dir_option

@@ -37,7 +37,17 @@ every user."""
 EXTRA = """-d selects every message stored, copied or flag-changed at or after that local
 time (TZ respected); the state of every folder in scope is always written.
 -x backs up the folders of local.store.backup.exclude too (the exclusion list is
-ignored for this run).  -l (tape autoload) is accepted for compatibility and ignored."""
+ignored for this run).  -l (tape autoload) is accepted for compatibility; it does nothing
+and says so on stderr."""
+
+EXAMPLES = """# the whole store, to a file
+imsbackup -f /backup/full.ims /
+# what changed since 26 November 2026 in partition primary, compressed
+imsbackup -f - -d 20261126 /primary | gzip > /backup/primary-incr.ims.gz
+# one backup group, to a tape in records of 64 x 512 bytes
+imsbackup -f /dev/nst0 -b 64 /primary/groupA
+# one user (the group 'user' holds everyone)
+imsbackup -f /backup/amy.ims /primary/user/amy"""
 
 
 def parse_since(text: str) -> float:
@@ -69,7 +79,7 @@ def read_names_file(path: str) -> list[str]:
     return names
 
 
-@click.command(help=HELP, epilog=epilog(EXTRA),
+@click.command(help=HELP, epilog=epilog(EXTRA, EXAMPLES),
                context_settings={"help_option_names": ["--help"], "max_content_width": 100})
 @click.option("-f", "device", metavar="FILE|-", help="Archive file, device, or - for stdout.")
 @click.option("-b", "blocking", type=click.IntRange(1, fmt.MAX_BLOCKING_FACTOR),
@@ -85,7 +95,8 @@ def read_names_file(path: str) -> list[str]:
 @click.option("-v", "verbose", is_flag=True, help="Name each folder on stderr.")
 @click.option("-g", "debug", is_flag=True, help="Debug log to <logdir>/imsbackup.log.")
 @click.option("-x", "ignore_exclusions", is_flag=True, help="Ignore local.store.backup.exclude.")
-@click.option("-l", "autoload", is_flag=True, hidden=True)
+@click.option("-l", "autoload", is_flag=True,
+              help="Accepted for compatibility (Sun's tape autoload); does nothing, and says so.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (stderr when -f -).")
 @click.option("--staging", metavar="DIR", help="One archive per (partition, group) of the names, in DIR.")
 @click.option("-j", "jobs", type=click.IntRange(1, 64), default=2, show_default=True,
@@ -115,6 +126,9 @@ def command(device: str | None, blocking: int, since: str | None, encoding: str,
     if not staging and not device:
         raise UsageError("-f FILE|- is required (or --staging DIR)")
     encoding = validate_encoding(encoding)
+    if autoload:
+        warn(PROG, "-l (tape autoload) is accepted for compatibility with Sun's imsbackup and"
+                   " does nothing: load the next tape with your changer's own tools")
     all_names = list(names) + (read_names_file(names_file) if names_file else [])
     if not all_names:
         raise UsageError("no logical name given (use / for the whole store)")

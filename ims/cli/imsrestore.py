@@ -41,6 +41,17 @@ gets the messages it lacks as new mail (new UIDs), under Dovecot's lock."""
 EXTRA = """-v: 0 quiet, 1 a summary, 2 also each folder and message listed, 3 to 5 also a debug log
 in <local.store.logdir>/imsrestore.log."""
 
+EXAMPLES = """# the whole archive, into the live store
+imsrestore -f /backup/full.ims
+# one user (from a file, only that user's part of the archive is read)
+imsrestore -f /backup/full.ims /primary/user/amy
+# one folder from a full backup and its incrementals, oldest first
+imsrestore -f /backup/full.ims -f /backup/incr1.ims /primary/user/amy/Sent
+# list what an archive holds, restore nothing
+imsrestore -t -f /backup/full.ims
+# from a pipe, with a summary
+gunzip < /backup/primary-incr.ims.gz | imsrestore -f - -v 1 /primary"""
+
 
 def open_input(name: str) -> tuple[int, str]:
     if name == "-":
@@ -207,7 +218,7 @@ class _StreamCheck:
         return self.verdict
 
 
-@click.command(help=HELP, epilog=epilog(EXTRA),
+@click.command(help=HELP, epilog=epilog(EXTRA, EXAMPLES),
                context_settings={"help_option_names": ["--help"], "max_content_width": 100})
 @click.option("-f", "devices", multiple=True, required=True, metavar="FILE|-",
               help="Archive file or - for stdin (several -f: a full backup and its incrementals).")

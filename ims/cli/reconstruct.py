@@ -42,8 +42,16 @@ EXTRA = """What reconstruct's codes mean:
   3  a folder's lock was not released within --lock-timeout: that folder was not
      repaired (the others were)"""
 
+EXAMPLES = """# check the whole store, change nothing
+reconstruct -n /
+# repair one folder (Dovecot may keep running)
+reconstruct /primary/user/amy/INBOX
+# after restoring the store from a snapshot or file-level copy: check, then repair
+reconstruct -m -n /
+reconstruct -m /"""
 
-@click.command(help=HELP, epilog=epilog(EXTRA),
+
+@click.command(help=HELP, epilog=epilog(EXTRA, EXAMPLES),
                context_settings={"help_option_names": ["--help"], "max_content_width": 100})
 @click.option("-n", "check_only", is_flag=True,
               help="Check only: list the problems, change nothing.")
