@@ -5,7 +5,7 @@ Usage (from the repository root, after scripts/venv.sh):
     .venv/bin/python bench/bench_backup.py [--store DIR] [--users 1000] [--messages 100]
                                            [--partitions 4] [--runs 5]
 
-The store (DESIGN §8 shape: log-normal sizes, median 4 KiB, sigma 1.7, capped at 2 MiB, a
+The store (shaped like a real one: log-normal sizes, median 4 KiB, sigma 1.7, capped at 2 MiB, a
 tenth of INBOX deliveries hard-linked to 2-5 users) is generated once into DIR and reused.
 Each command runs once to warm the cache, then --runs times, alternating with GNU tar;
 medians are printed with the ratio and the peak RSS of the imsbackup process.

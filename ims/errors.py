@@ -38,7 +38,7 @@ Exit codes (the same for every ims command):
   128+N killed by signal N
 When several apply, the most serious wins: 7, 2, 6, 4, 3, 5, 1."""
 
-# Most serious first (DESIGN §7).
+# Most serious first: the order of the exit-code table's last line (docs/guide.md §4).
 _SEVERITY = [ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.DEVICE, ExitCode.DAMAGED, ExitCode.LOCKED,
              ExitCode.UNRESOLVED_LINKS, ExitCode.SKIPPED, ExitCode.OK]
 

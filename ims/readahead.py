@@ -4,7 +4,7 @@ The backup's costs are the SHA-256 of every message, the file system calls and t
 work of building headers.  A thread does not help (measured: the reader's own Python work
 holds the GIL, and the run got slower), so a forked child lists folders, opens, reads and
 hashes messages on the second core while the parent builds headers and writes the one
-single-copy stream (DESIGN §8: more processes may feed one stream).
+single-copy stream (one stream, so more processes may feed it, but only one writes it).
 
 The child (``ims.helper``) walks the scope in stream order and sends items over a socketpair
 (length-prefixed pickles): ``UserItem``, ``FolderItem``, then ``Batch``es of that folder's messages, then

@@ -41,7 +41,7 @@ class RecordSink:
         mode = os.fstat(fd).st_mode
         self.is_regular = stat.S_ISREG(mode)
         if stat.S_ISFIFO(mode):
-            try:  # fewer wake-ups of writer and reader (DESIGN §8)
+            try:  # fewer wake-ups of writer and reader
                 fcntl.fcntl(fd, F_SETPIPE_SZ, _PIPE_SIZE)
             except OSError:
                 pass

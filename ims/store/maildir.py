@@ -12,7 +12,7 @@ message delivered in between is listed without a UID rather than missed.  A mess
 gone is reported as vanished (None), never as an error.
 
 Next UID: the largest of the uidlist header's N, its last UID + 1 and ``next_uid`` in the
-header of ``dovecot.index`` (DESIGN §5).  Keywords are the letters a-z of the file name,
+header of ``dovecot.index`` (docs/archive-format.md, the folder record's ``next_uid``).  Keywords are the letters a-z of the file name,
 mapped through the folder's ``dovecot-keywords``; Dovecot keeps any keyword past the 26th
 only in its index, which this driver does not read (documented in the guide).  The folder's
 HIGHESTMODSEQ is an upper bound read from its transaction log (``ims.store.modseq``).
