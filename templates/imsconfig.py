@@ -1,11 +1,14 @@
 """imsconfig: render NetWorker (and groups) configuration from the templates.
 
 ``imsconfig res``       a savepnpc ``.res`` file for a save group (precmd runs mkbackupdir)
-``imsconfig nsradmin``  nsradmin input creating the NSR group and the NSR client
+``imsconfig nsradmin``  nsradmin input creating the NSR group and the NSR client (save sets:
+                        one per group directory, or the backup directory alone)
 ``imsconfig groups``    a backup-groups.conf, from patterns or split by measured size
 
-NSR resource values are always written in double quotes with ``\\`` and ``"`` escaped, and
-every attribute ends with ``;`` (nsr_resource(5)).  Failure behaviour: bad arguments exit 2;
+NSR resource values are always written in double quotes with ``\\`` and ``"`` escaped.  A
+line ending in ``,``, ``;`` or ``\\`` continues on the next (nsr_resource(5)): so in the .res
+file, one resource, every field ends with ``;``, and in the nsradmin input each command's
+last attribute has none.  Failure behaviour: bad arguments exit 2;
 an output file is written through a temporary name and renamed.
 """
 
@@ -71,18 +74,47 @@ def load(config_dir: str | None) -> tuple[Config, MaildirStore]:
     return config, store
 
 
-@click.group(help="Render configuration for NetWorker and for backup groups.", epilog=epilog(),
+MKBACKUPDIR_PLACE = "@mkbackupdir"
+
+EXAMPLES = {
+    "main": """Examples:
+  imsconfig res --group mailgroup -o /nsr/res/mailgroup.res
+  imsconfig nsradmin --server nwserver --group mailgroup -o mailgroup.nsradmin""",
+    "res": f"""Examples:
+  imsconfig res --group mailgroup --mkbackupdir /opt/ims/.venv/bin/mkbackupdir -o /nsr/res/mailgroup.res
+  imsconfig res --group mailgroup --precmd "echo mkbackupdir started" --precmd {MKBACKUPDIR_PLACE}""",
+    "nsradmin": """Examples:
+  imsconfig nsradmin --server nwserver --group mailgroup -o mailgroup.nsradmin
+  imsconfig nsradmin --server nwserver --group mailgroup --save-sets single""",
+    "groups": """Examples:
+  imsconfig groups --split 4 -o /etc/ims/backup-groups.conf
+  imsconfig groups --pattern groupA='[a-l].*' --pattern groupB='[m-z].*'""",
+    "bacula": """Examples:
+  imsconfig bacula --client mailhost-fd --storage File1 --pool Full -o /etc/bacula/ims-mail.conf""",
+}
+
+
+def examples(name: str) -> str:
+    """An epilog ending in examples; ``\\b`` keeps click from re-wrapping them."""
+    return "\b\n" + EXAMPLES[name]
+
+
+@click.group(help="Render configuration for NetWorker and for backup groups.",
+             epilog=epilog() + "\n\n" + examples("main"),
              context_settings={"help_option_names": ["--help"]})
 def command() -> None:
     pass
 
 
-@command.command("res", help="A savepnpc .res file for /nsr/res/<GROUP>.res.")
+@command.command("res", help="A savepnpc .res file for /nsr/res/<GROUP>.res.  The precmds run"
+                 f" in the order given; mkbackupdir first unless a --precmd {MKBACKUPDIR_PLACE}"
+                 " puts it elsewhere.", epilog=examples("res"))
 @click.option("--group", required=True, help="The NetWorker save group (the file's name).")
 @click.option("--mkbackupdir", "mkbackupdir_path", default="mkbackupdir", show_default=True,
               help="The mkbackupdir command to run as precmd.")
 @click.option("--backupdir", help="-p for mkbackupdir (default: local.store.backupdir).")
-@click.option("--precmd", multiple=True, help="A further precmd (repeatable).")
+@click.option("--precmd", multiple=True,
+              help=f"A further precmd (repeatable); {MKBACKUPDIR_PLACE} stands for mkbackupdir's.")
 @click.option("--pstcmd", multiple=True, help="A pstcmd (repeatable; default /bin/true).")
 @click.option("--timeout", help='When the pstcmds run at the latest, e.g. "12:00pm" or "3 hours".')
 @click.option("--abort-precmd-with-group", type=click.Choice(["yes", "no"]))
@@ -98,8 +130,7 @@ def res_command(group: str, mkbackupdir_path: str, backupdir: str | None, precmd
         backupdir = config.msg.get("local.store.backupdir")
         if not backupdir:
             raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
-    run_mkbackupdir = f"{mkbackupdir_path} -p {backupdir}"
-    text = render("savepnpc.res.j2", precmds=[run_mkbackupdir, *precmd],
+    text = render("savepnpc.res.j2", precmds=precmds(precmd, f"{mkbackupdir_path} -p {backupdir}"),
                   pstcmds=list(pstcmd) or ["/bin/true"], timeout=timeout,
                   abort_precmd_with_group=None if abort_precmd_with_group is None
                   else abort_precmd_with_group == "yes")
@@ -107,7 +138,19 @@ def res_command(group: str, mkbackupdir_path: str, backupdir: str | None, precmd
     raise CommandResult(ExitCode.OK)
 
 
-@command.command("nsradmin", help="nsradmin input creating the NSR group and NSR client.")
+def precmds(given: tuple[str, ...], run_mkbackupdir: str) -> list[str]:
+    """The precmds in the order given, mkbackupdir's where the placeholder stands (else first):
+    Sun's example runs its own command before mkbackupdir."""
+    places = given.count(MKBACKUPDIR_PLACE)
+    if places > 1:
+        raise UsageError(f"--precmd {MKBACKUPDIR_PLACE} given {places} times; mkbackupdir runs once")
+    if places == 0:
+        return [run_mkbackupdir, *given]
+    return [run_mkbackupdir if command == MKBACKUPDIR_PLACE else command for command in given]
+
+
+@command.command("nsradmin", help="nsradmin input creating the NSR group and NSR client.",
+                 epilog=examples("nsradmin"))
 @click.option("--server", required=True, help="The NetWorker server.")
 @click.option("--client", help="The client's name (default: this host's name).")
 @click.option("--group", required=True, help="The NetWorker group.")
@@ -118,20 +161,26 @@ def res_command(group: str, mkbackupdir_path: str, backupdir: str | None, precmd
 @click.option("--start-time", default="2:00", show_default=True)
 @click.option("--remote-access", default="", help="user@host allowed to recover.")
 @click.option("--backupdir", help="The placeholder tree's root (default: local.store.backupdir).")
+@click.option("--save-sets", type=click.Choice(["groups", "single"]), default="groups",
+              show_default=True, help="groups: one save set per group directory, saved in"
+              " parallel; single: the backup directory alone, one session.")
 @click.option("-o", "output", metavar="FILE", help="Write to FILE (default: stdout).")
 @config_dir_option
 def nsradmin_command(server: str, client: str | None, group: str, schedule: str,
                      browse_policy: str, retention_policy: str, parallelism: int,
                      start_time: str, remote_access: str, backupdir: str | None,
-                     output: str | None, config_dir: str | None) -> None:
+                     save_sets: str, output: str | None, config_dir: str | None) -> None:
     config, store = load(config_dir)
     root = backupdir or config.msg.get("local.store.backupdir")
     if not root:
         raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
-    server_dir = Path(root) / config.msg.servername()
-    save_sets = [str(server_dir / name) for name in group_directories(config, store)]
+    if save_sets == "single":                  # Sun: "for a single session backup, use /backup"
+        paths = [root]
+    else:
+        server_dir = Path(root) / config.msg.servername()
+        paths = [str(server_dir / name) for name in group_directories(config, store)]
     text = render("nsradmin.j2", server=server, client=client or config.msg.servername(),
-                  group=group, save_sets=save_sets, schedule=schedule,
+                  group=group, save_sets=paths, schedule=schedule,
                   browse_policy=browse_policy, retention_policy=retention_policy,
                   parallelism=parallelism, start_time=start_time, remote_access=remote_access)
     write_output(text, output)
@@ -145,7 +194,8 @@ def group_directories(config: Config, store: MaildirStore) -> list[str]:
     return [name for name in config.groups.names() if name in used]
 
 
-@command.command("groups", help="A backup-groups.conf from patterns, or split by size.")
+@command.command("groups", help="A backup-groups.conf from patterns, or split by size.",
+                 epilog=examples("groups"))
 @click.option("--pattern", "patterns", multiple=True, metavar="NAME=REGEX",
               help="A group as NAME=REGEX (repeatable).")
 @click.option("--split", type=click.IntRange(1, len(ALPHABET)), metavar="N",
@@ -175,7 +225,8 @@ def groups_command(patterns: tuple[str, ...], split: int | None, prefix: str,
     raise CommandResult(ExitCode.OK)
 
 
-@command.command("bacula", help="Bacula FileSets and Jobs (bpipe), one per (partition, group).")
+@command.command("bacula", help="Bacula FileSets and Jobs (bpipe), one per (partition, group).",
+                 epilog=examples("bacula"))
 @click.option("--client", required=True, help="The Bacula Client resource of this host.")
 @click.option("--storage", required=True, help="The director's Storage resource.")
 @click.option("--pool", required=True, help="The Pool the jobs write to.")

@@ -68,14 +68,16 @@ def test_savegroup_then_recover_a_deleted_user_by_path(dovecot, mailstore, netwo
     nsradmin_input = tmp_path / "nsradmin.txt"
     run_cmd("imsconfig", "nsradmin", "--server", "nwserver", "--client", "mailhost", "--group",
             "mailgroup", "--parallelism", "3", "-o", str(nsradmin_input), config_dir=config, check_rc=0)
-    resources = standin.parse_nsradmin(nsradmin_input.read_text(), "nsradmin.txt")
-    client = next(r for r in resources if r["type"] == ["NSR client"])
+    commands = standin.parse_nsradmin(nsradmin_input.read_text(), "nsradmin.txt")
+    assert [(c.name, c.attrs["type"]) for c in commands] == [
+        ("create", ["NSR group"]), ("create", ["NSR client"])]
+    client = commands[1].attrs
     assert client["backup command"] == ["savepnpc"] and client["parallelism"] == ["3"]
     assert sorted(client["save set"]) == [str(backup / "mailhost" / g) for g in ("groupA", "groupB", "groupC")]
     assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input), config=config).returncode == 0
 
     before = snapshot(dovecot, "amy")
-    result = nsr(networker, "savegrp", "-s", "nwserver", "mailgroup", config=config)
+    result = nsr(networker, "savegrp", "mailgroup", config=config)
     assert result.returncode == 0, result.stderr
     records = standin.load_records()
     asm_records = {r["path"]: r for r in records if r["asm"] == "imsasm"}
@@ -100,6 +102,60 @@ def test_savegroup_then_recover_a_deleted_user_by_path(dovecot, mailstore, netwo
                  str(backup / "mailhost" / "groupB"), config=config)
     assert result.returncode == 0, result.stderr
     assert snapshot(dovecot, "mike") == restored_whole(mike_before)
+
+
+def test_single_save_set_saves_every_user_and_recovers_a_mailbox(dovecot, mailstore, networker,
+                                                                  tmp_path):
+    """Sun: "for a single session backup, use /backup" -- the backup directory as the only
+    save set; every user's mailboxes are saved, and recovered by their placeholder paths."""
+    config, backup = mailstore["config"], mailstore["backup"]
+    run_cmd("imsconfig", "res", "--group", "whole", "--mkbackupdir", command("mkbackupdir"),
+            "-o", str(Path(os.environ["NSR_RES"]) / "whole.res"), config_dir=config, check_rc=0)
+    nsradmin_input = tmp_path / "whole.nsradmin"
+    run_cmd("imsconfig", "nsradmin", "--server", "nwserver", "--group", "whole", "--save-sets",
+            "single", "-o", str(nsradmin_input), config_dir=config, check_rc=0)
+    client = standin.parse_nsradmin(nsradmin_input.read_text(), "whole.nsradmin")[1].attrs
+    assert client["save set"] == [str(backup)]
+    assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input), config=config).returncode == 0
+
+    mike_before = snapshot(dovecot, "mike")
+    result = nsr(networker, "savegrp", "whole", config=config)
+    assert result.returncode == 0, result.stderr
+    saved = {r["path"] for r in standin.load_records() if r["asm"] == "imsasm" and r["complete"]}
+    groups = {"amy": "groupA", "mike": "groupB", "9zed": "groupC"}
+    assert {str(backup / "mailhost" / groups[user] / user / "INBOX") for user in USERS} <= saved
+    assert str(backup / "mailhost" / "groupA" / "amy" / "Archive.d" / "2024") in saved
+
+    shutil.rmtree(mailstore["partitions"]["primary"] / "mike" / "Maildir")
+    result = nsr(networker, "recover", "-a", "-f", "-s", "nwserver",
+                 str(backup / "mailhost" / "groupB" / "mike" / "INBOX"), config=config)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(dovecot, "mike") == restored_whole(mike_before)
+
+
+def test_admin_precmd_runs_before_mkbackupdir_when_asked(mailstore, networker, tmp_path):
+    """Sun's example runs its own precmd first: --precmd @mkbackupdir places mkbackupdir.  Here
+    the admin's precmd removes the tree, so the save finds it only if mkbackupdir runs after."""
+    config, backup = mailstore["config"], mailstore["backup"]
+    res = Path(os.environ["NSR_RES"]) / "ordered.res"
+    first = f"rm -rf {backup}/mailhost"
+    run_mkbackupdir = f"{command('mkbackupdir')} -p {backup}"
+    run_cmd("imsconfig", "res", "--group", "ordered", "--mkbackupdir", command("mkbackupdir"),
+            "--precmd", first, "--precmd", "@mkbackupdir", "--precmd", "echo last",
+            "-o", str(res), config_dir=config, check_rc=0)
+    assert standin.parse_res(res)["precmd"] == [first, run_mkbackupdir, "echo last"]
+    inbox = backup / "mailhost" / "groupC" / "9zed" / "INBOX"
+    result = nsr(networker, "savepnpc", "-s", "nw", "-g", "ordered", str(inbox.parent), config=config)
+    assert result.returncode == 0, result.stderr
+    assert any(r["path"] == str(inbox) and r["complete"] for r in standin.load_records())
+    # without the placeholder mkbackupdir comes first
+    run_cmd("imsconfig", "res", "--group", "ordered", "--mkbackupdir", command("mkbackupdir"),
+            "--precmd", first, "-o", str(res), config_dir=config, check_rc=0)
+    assert standin.parse_res(res)["precmd"] == [run_mkbackupdir, first]
+    twice = run_cmd("imsconfig", "res", "--group", "ordered", "--precmd", "@mkbackupdir",
+                    "--precmd", "@mkbackupdir", config_dir=config)
+    assert twice.returncode == 2 and b"--precmd @mkbackupdir given 2 times" in twice.stderr
+    run_cmd("mkbackupdir", config_dir=config, check_rc=0)
 
 
 def test_failing_precmd_means_no_save(mailstore, networker, tmp_path):

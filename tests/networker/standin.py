@@ -1,7 +1,7 @@
 """A stand-in for the parts of Legato/Dell NetWorker that the integration uses, for tests only.
 
 NetWorker is proprietary and cannot be installed here.  This module imitates its documented
-client-side behaviour (../shared/reference/ims-and-networker.md §10–§11), not its wire
+client-side behaviour (docs/networker.md lists what is and is not verified), not its wire
 formats: records are kept as files in a state directory, not on media.
 
 - ``save [-s server] [-g group] [-N name] [-i] path...``: walks each path, reading a
@@ -17,11 +17,13 @@ formats: records are kept as files in a state directory, not on media.
 - ``recover -a -f -s server path...``: the latest complete record of each path (or of every
   path below it) is fed to its recorded ASM as ``ASM -r path`` on stdin.
 - ``savepnpc -s server -g group path...``: reads ``$NSR_RES/<group>.res`` (NSR resource
-  syntax, ``type: savepnpc;``), runs the precmds once per group run (a lock in ``$NSR_TMP``,
-  as preclntsave does); a failing precmd means no save and exit 1; then the saves, then the
-  pstcmds.
-- ``nsradmin -s server -i file``: ``create type: ...; attr: value, ...;`` lines, stored.
-- ``savegrp -s server group``: runs each client of the group with its backup command.
+  syntax, one resource, ``type: savepnpc;``), runs the precmds once per group run (a lock in
+  ``$NSR_TMP``, as preclntsave does); a failing precmd means no save and exit 1; then the
+  saves, then the pstcmds.
+- ``nsradmin -s server -i file``: ``create`` commands in the NSR resource syntax (below),
+  read strictly; the resources are stored.
+- ``savegrp [-G] group``: runs each client of the group (``Default`` when none
+  is named) with its backup command, its server and its save sets.
 
 Environment: ``NSR_STATE`` (records, resources), ``NSR_RES`` (the .res files), ``NSR_TMP``.
 """
@@ -45,99 +47,195 @@ class StandinError(Exception):
 
 
 # -- NSR resource syntax -------------------------------------------------------------------
+#
+# nsr_resource(5): ``attribute: value, value; attribute: value`` where a physical line ending
+# in ``,``, ``;`` or ``\`` (after trailing blanks, outside quotes) continues on the next one;
+# ``#`` starts a comment; values are plain words or double-quoted with ``\"`` and ``\\``.
+# Read strictly, as a careful NetWorker would: what it might read otherwise than meant (an
+# attribute twice, say, when two commands run together) is an error naming the line.
 
-def parse_attributes(text: str, where: str) -> dict[str, list[str]]:
-    """``name: value, "quoted value"; name2: ...;`` -> {name: [values]} (nsr_resource(5))."""
+@dataclass
+class Logical:
+    """One logical line: the physical line it starts on, its text, and for each character
+    of the text the physical line it came from (so errors name the line at fault)."""
+    first: int
+    text: str = ""
+    lines: list[int] = field(default_factory=list)
+
+    def add(self, text: str, number: int) -> None:
+        self.text += text
+        self.lines.extend([number] * len(text))
+
+    def line_at(self, index: int) -> int:
+        return self.lines[min(index, len(self.lines) - 1)] if self.lines else self.first
+
+
+def strip_comment(raw: str, where: str) -> str:
+    """The line without its ``#`` comment; a quote left open is an error."""
+    quoted = False
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if quoted and ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted:
+            return raw[:i]
+        i += 1
+    if quoted:
+        raise StandinError(f"{where}: unterminated quote")
+    return raw
+
+
+def logical_lines(text: str, where: str) -> list[Logical]:
+    result: list[Logical] = []
+    current: Logical | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        body = strip_comment(raw, f"{where}:{number}").rstrip()
+        if not body:
+            continue                   # blank and comment lines neither end nor continue one
+        current = current or Logical(number)
+        if body.endswith("\\"):
+            current.add(body[:-1], number)     # joined where it was cut
+        else:
+            current.add(body + ("\n" if body[-1] in ",;" else ""), number)
+        continued = body[-1] in ",;\\"
+        if not continued:
+            result.append(current)
+            current = None
+    if current is not None:
+        result.append(current)
+    return result
+
+
+def parse_attributes(line: Logical, start: int, where: str) -> dict[str, list[str]]:
+    """``name: value, "quoted value"; name2: ...`` from ``start`` on -> {name: [values]}."""
+    text, i = line.text, start
     attrs: dict[str, list[str]] = {}
-    i, n = 0, len(text)
     while True:
-        while i < n and text[i] in " \t\r\n":
-            i += 1
-        if i >= n:
+        i = skip_blanks(text, i)
+        if i >= len(text):
             return attrs
         colon = text.find(":", i)
-        if colon < 0:
-            raise StandinError(f"{where}: expected 'attribute: value;' near {text[i:i + 30]!r}")
-        name = " ".join(text[i:colon].split()).lower()
-        if not name or '"' in name or ";" in name:
-            raise StandinError(f"{where}: bad attribute name {text[i:colon]!r}")
-        i = colon + 1
-        values: list[str] = []
-        current: list[str] = []
-        quoted = False
-        while True:
-            if i >= n:
-                raise StandinError(f"{where}: attribute {name!r} does not end with ';'")
-            ch = text[i]
-            if ch == '"':
-                if "".join(current).strip():
-                    raise StandinError(f"{where}: text before a quote in {name!r}")
-                current = []
-                i += 1
-                quoted = True
-                while True:
-                    if i >= n:
-                        raise StandinError(f"{where}: unterminated quote in {name!r}")
-                    if text[i] == "\\" and i + 1 < n:
-                        current.append(text[i + 1])
-                        i += 2
-                        continue
-                    if text[i] == '"':
-                        i += 1
-                        break
-                    current.append(text[i])
-                    i += 1
-                continue
-            if ch in ",;":
-                value = "".join(current) if quoted else "".join(current).strip()
-                if value or quoted:
-                    values.append(value)
-                current, quoted = [], False
-                i += 1
-                if ch == ";":
-                    break
-                continue
-            if ch == "\\" and i + 1 < n and text[i + 1] == "\n":
-                i += 2
-                continue
-            if quoted and ch not in " \t\r\n":
-                raise StandinError(f"{where}: text after a quoted value in {name!r}")
-            if not quoted:
-                current.append(ch)
-            i += 1
+        name = " ".join(text[i:colon].split()).lower() if colon >= 0 else ""
+        if not name or any(ch in name for ch in '";,\\'):
+            raise StandinError(f"{where}:{line.line_at(i)}: expected 'attribute: value'"
+                               f" at {text[i:i + 30].splitlines()[0]!r}")
+        values, i = parse_values(line, colon + 1, name, where)
         if name in attrs:
-            raise StandinError(f"{where}: attribute {name!r} given twice")
+            raise StandinError(f"{where}:{line.line_at(colon)}: attribute {name!r} given twice"
+                               " in one command")
         attrs[name] = values
 
 
+def skip_blanks(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\n":
+        i += 1
+    return i
+
+
+def parse_values(line: Logical, i: int, name: str, where: str) -> tuple[list[str], int]:
+    """The values of one attribute, up to and past its ``;`` (or the end of the line)."""
+    text = line.text
+    values: list[str] = []
+    while True:
+        i = skip_blanks(text, i)
+        if i >= len(text) or text[i] == ";":
+            if values:
+                raise StandinError(f"{where}:{line.line_at(i)}: {name!r}: a ',' with no value after it")
+            return values, i + 1
+        if text[i] == '"':
+            value, i = parse_quoted(line, i, where)
+        else:
+            end = i
+            while end < len(text) and text[end] not in ",;":
+                end += 1
+            value = text[i:end].strip()
+            if '"' in value:
+                raise StandinError(f"{where}:{line.line_at(i)}: {name!r}: a quote inside a value")
+            i = end
+        values.append(value)
+        i = skip_blanks(text, i)
+        if i >= len(text) or text[i] == ";":
+            return values, i + 1
+        if text[i] != ",":
+            raise StandinError(f"{where}:{line.line_at(i)}: {name!r}: text after a quoted value")
+        i += 1
+
+
+def parse_quoted(line: Logical, i: int, where: str) -> tuple[str, int]:
+    """A double-quoted value starting at ``i``; ``\\"`` and ``\\\\`` are its only escapes."""
+    text = line.text
+    out: list[str] = []
+    i += 1
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\":
+            if i + 1 >= len(text) or text[i + 1] not in '"\\':
+                raise StandinError(f"{where}:{line.line_at(i)}: unknown escape"
+                                   f" {text[i:i + 2]!r} in a quoted value")
+            i += 1
+        out.append(text[i])
+        i += 1
+    if i >= len(text):                         # strip_comment already refuses this
+        raise StandinError(f"{where}:{line.line_at(i)}: unterminated quote")
+    return "".join(out), i + 1
+
+
+RES_ATTRIBUTES = ("type", "precmd", "pstcmd", "timeout", "abort precmd with group")
+
+
 def parse_res(path: Path) -> dict[str, list[str]]:
+    """A savepnpc ``.res`` file: one resource, every field ending with ``;``."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise StandinError(f"{path}: {exc.strerror}") from None
-    attrs = parse_attributes("\n".join(line for line in text.splitlines()
-                                       if not line.lstrip().startswith("#")), str(path))
+    lines = logical_lines(text, str(path))
+    if not lines:
+        raise StandinError(f"{path}: empty")
+    first = lines[0]
+    if len(lines) > 1 or not first.text.rstrip().endswith(";"):
+        # the resource ended early: the field on that line has no ';'
+        raise StandinError(f"{path}:{first.line_at(len(first.text))}: field does not end with ';'")
+    attrs = parse_attributes(first, 0, str(path))
     if attrs.get("type") != ["savepnpc"]:
         raise StandinError(f"{path}: 'type: savepnpc;' missing")
     for key in attrs:
-        if key not in ("type", "precmd", "pstcmd", "timeout", "abort precmd with group"):
+        if key not in RES_ATTRIBUTES:
             raise StandinError(f"{path}: unknown attribute {key!r}")
     return attrs
 
 
-def parse_nsradmin(text: str, where: str) -> list[dict[str, list[str]]]:
-    resources = []
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if not stripped.startswith("create "):
-            raise StandinError(f"{where}:{number}: only 'create' commands are understood")
-        attrs = parse_attributes(stripped[len("create "):], f"{where}:{number}")
-        if "type" not in attrs or "name" not in attrs:
-            raise StandinError(f"{where}:{number}: a resource needs type and name")
-        resources.append(attrs)
-    return resources
+@dataclass
+class Command:
+    name: str
+    attrs: dict[str, list[str]]
+    line: int
+
+
+NSRADMIN_COMMANDS = ("create",)
+
+
+def parse_nsradmin(text: str, where: str) -> list[Command]:
+    """nsradmin commands, each the command word and an attribute list: ``create`` (a resource,
+    needing type and name) is the only one the stand-in knows."""
+    commands = []
+    for line in logical_lines(text, where):
+        start = skip_blanks(line.text, 0)
+        end = start
+        while end < len(line.text) and line.text[end] not in " \t\n":
+            end += 1
+        word = line.text[start:end]
+        if word not in NSRADMIN_COMMANDS:
+            raise StandinError(f"{where}:{line.first}: unknown command {word!r}"
+                               f" (the stand-in knows {', '.join(NSRADMIN_COMMANDS)})")
+        attrs = parse_attributes(line, end, where)
+        if word == "create" and not (attrs.get("type") and attrs.get("name")):
+            raise StandinError(f"{where}:{line.first}: create needs type and name")
+        commands.append(Command(word, attrs, line.first))
+    return commands
 
 
 # -- .nsr directives -----------------------------------------------------------------------
@@ -382,39 +480,47 @@ def cmd_savepnpc(args: list[str]) -> int:
 
 def cmd_nsradmin(args: list[str]) -> int:
     _, options = _options(args, with_value="si", flags="")
+    if "i" not in options:
+        raise StandinError("only 'nsradmin -s server -i file' is imitated")
     source = Path(options["i"])
-    resources = parse_nsradmin(source.read_text(), str(source))
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise StandinError(f"{source}: {exc.strerror}") from None
     store = state_dir() / "resources.json"
     existing = json.loads(store.read_text()) if store.exists() else []
-    names = {(r["type"][0], r["name"][0]) for r in existing}
-    for resource in resources:
-        kind = resource["type"][0]
+    for command in parse_nsradmin(text, str(source)):
+        where = f"{source}:{command.line}"
+        resource = command.attrs
+        kind, name = resource["type"][0], resource["name"][0]
         if kind == "NSR client":
             for needed in ("server", "group", "save set", "backup command"):
                 if not resource.get(needed):
-                    raise StandinError(f"{source}: NSR client without {needed!r}")
-            if ("NSR group", resource["group"][0]) not in names:
-                raise StandinError(f"{source}: NSR client in unknown group {resource['group'][0]!r}")
-        existing = [r for r in existing if (r["type"][0], r["name"][0]) != (kind, resource["name"][0])]
+                    raise StandinError(f"{where}: NSR client without {needed!r}")
+            groups = {r["name"][0] for r in existing if r["type"] == ["NSR group"]}
+            if resource["group"][0] not in groups:
+                raise StandinError(f"{where}: NSR client in unknown group {resource['group'][0]!r}")
+        existing = [r for r in existing if (r["type"][0], r["name"][0]) != (kind, name)]
         existing.append(resource)
-        names.add((kind, resource["name"][0]))
     store.write_text(json.dumps(existing))
     return 0
 
 
 def cmd_savegrp(args: list[str]) -> int:
-    paths, options = _options(args, with_value="sc", flags="v")
-    group = paths[0] if paths else "Default"
+    paths, options = _options(args, with_value="G", flags="v")
+    if len(paths) + ("G" in options) > 1:
+        raise StandinError("savegrp runs one group")
+    group = options.get("G") or (paths[0] if paths else "Default")
     store = state_dir() / "resources.json"
     resources = json.loads(store.read_text()) if store.exists() else []
     clients = [r for r in resources if r["type"] == ["NSR client"] and group in r.get("group", [])]
     if not clients:
-        raise StandinError(f"savegrp: no client in group {group!r}")
+        raise StandinError(f"no client in group {group!r}")
     status = 0
     for client in clients:
         command = client.get("backup command", ["save"])[0]
         program = str(bin_dir() / command)
-        result = subprocess.run([program, "-s", options.get("s", "localhost"), "-g", group,
+        result = subprocess.run([program, "-s", client["server"][0], "-g", group,
                                  *client["save set"]])
         status = status or result.returncode
     return status
@@ -429,6 +535,8 @@ def _options(args: list[str], with_value: str, flags: str) -> tuple[list[str], d
         if arg.startswith("-") and len(arg) > 1:
             letter = arg[1]
             if letter in with_value:
+                if i + 1 >= len(args) and not arg[2:]:
+                    raise StandinError(f"option -{letter} needs a value")
                 options[letter] = arg[2:] or args[i + 1]
                 i += 1 if arg[2:] else 2
                 continue

@@ -1,10 +1,13 @@
-"""Placeholder naming, imsasm's arguments and path mapping, the groups split (no NetWorker)."""
+"""Placeholder naming, imsasm's arguments and path mapping, the groups split, the NSR resource
+syntax as the stand-in reads it (no NetWorker)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import TESTS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +18,10 @@ from ims.mkbackupdir.layout import folder_to_parts, parse, parts_to_folder
 from ims.mkbackupdir.tree import nsr_content, nsr_quote
 from ims.store.maildir import MaildirStore
 from ims.templates.imsconfig import nsr_quote as res_quote
-from ims.templates.imsconfig import split_by_size
+from ims.templates.imsconfig import render, split_by_size
+
+sys.path.insert(0, str(TESTS / "networker"))
+import standin  # noqa: E402
 
 level = st.text(min_size=1, max_size=20).filter(
     lambda s: "/" not in s and "." not in s and "\0" not in s)
@@ -121,3 +127,84 @@ def test_split_by_size_gives_ranges_of_similar_weight():
     assert "ungrouped" not in placed                     # (?i): Zed lands in a group too
     assert len(placed) == 4 and max(placed.values()) - min(placed.values()) <= 6
     assert parsed.group_of("mnew-user-created-later") != "ungrouped"
+
+
+# -- NSR resource syntax: a trailing ',', ';' or '\\' continues the line -----------------------
+
+# What imsconfig nsradmin wrote before each command's last attribute lost its ';': the ';'
+# ending line 2 continues it, so NetWorker reads ONE command giving 'name' twice.
+RUN_TOGETHER = """# nsradmin input written by imsconfig: nsradmin -s nwserver -i THIS_FILE
+create type: NSR group; name: "mailgroup"; autostart: Enabled; start time: "2:00"; parallelism: 4;
+create type: NSR client; name: "mailhost"; server: "nwserver"; group: "mailgroup"; save set: "/backup/mailhost/groupA"; backup command: savepnpc;
+"""
+
+
+def test_commands_ending_in_semicolons_run_together_and_are_refused():
+    with pytest.raises(standin.StandinError, match=r"^in:3: attribute 'name' given twice"):
+        standin.parse_nsradmin(RUN_TOGETHER, "in")
+
+
+def test_generated_nsradmin_input_is_two_commands():
+    text = render("nsradmin.j2", server="nwserver", client='mail "host"', group="mailgroup",
+                  save_sets=["/backup/h/groupA", "/backup/h/group B"], schedule="Full Every Friday",
+                  browse_policy="Month", retention_policy="Quarter", parallelism=4,
+                  start_time="2:00", remote_access="")
+    commands = standin.parse_nsradmin(text, "in")
+    assert [(c.name, c.attrs["type"], c.attrs["name"]) for c in commands] == [
+        ("create", ["NSR group"], ["mailgroup"]), ("create", ["NSR client"], ['mail "host"'])]
+    group, client = (c.attrs for c in commands)
+    assert group == {"type": ["NSR group"], "name": ["mailgroup"], "autostart": ["Enabled"],
+                     "start time": ["2:00"], "parallelism": ["4"]}
+    assert client["save set"] == ["/backup/h/groupA", "/backup/h/group B"]
+    assert client["backup command"] == ["savepnpc"] and "remote access" not in client
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    ends = [line for line, after in zip(lines, lines[1:] + ["create"]) if after.startswith("create")]
+    assert len(ends) == 2 and not any(line.endswith((";", ",", "\\")) for line in ends)
+
+
+def test_resource_syntax_continuations_quotes_and_comments():
+    text = ('create type: NSR client; name: "a # b \\"q\\" \\\\";  # a comment\n'
+            "# a comment line continues nothing and ends nothing\n"
+            "   save set: /x,\n"
+            '             "/y z"; remote access: ;\n'
+            "   group: mail\\\n"
+            "group\n"
+            "create type: NSR group; name: g\n")
+    first, second = standin.parse_nsradmin(text, "in")
+    assert first.attrs == {"type": ["NSR client"], "name": ['a # b "q" \\'],
+                           "save set": ["/x", "/y z"], "remote access": [],
+                           "group": ["mailgroup"]}
+    assert (first.line, second.line, second.attrs["name"]) == (1, 7, ["g"])
+
+
+@pytest.mark.parametrize("text, error", [
+    ("create type: NSR group; name: g\nupdate name: h\n", r"in:2: unknown command 'update'"),
+    ('create type: NSR group;\n  name: "g\n', r"in:2: unterminated quote"),
+    ("create type: NSR group; name: g; Name: h\n", r"in:1: attribute 'name' given twice"),
+    ('create type: NSR group; name: "g" x\n', r"in:1: 'name': text after a quoted value"),
+    ("create type: NSR group; name: g,\n\n", r"in:1: 'name': a ',' with no value after it"),
+    ('create type: NSR group; name: "a\\x"\n', r"in:1: unknown escape"),
+    ("create type: NSR group; parallelism 4\n", r"in:1: expected 'attribute: value'"),
+    ("create type: NSR group\n", r"in:1: create needs type and name"),
+])
+def test_resource_syntax_errors_name_the_line(text, error):
+    with pytest.raises(standin.StandinError, match="^" + error):
+        standin.parse_nsradmin(text, "in")
+
+
+def test_res_file_is_one_resource_every_field_ending_with_semicolon(tmp_path):
+    res = tmp_path / "g.res"
+    res.write_text('type: savepnpc;\nprecmd: /bin/true;\npstcmd: /bin/true, "/bin/sleep 5";\n'
+                   'timeout: "12:00pm";\n')
+    assert standin.parse_res(res) == {"type": ["savepnpc"], "precmd": ["/bin/true"],
+                                      "pstcmd": ["/bin/true", "/bin/sleep 5"],
+                                      "timeout": ["12:00pm"]}
+    res.write_text("type: savepnpc;\nprecmd: /bin/true\npstcmd: /bin/true;\n")
+    with pytest.raises(standin.StandinError, match=r"g.res:2: field does not end with ';'"):
+        standin.parse_res(res)
+    text = render("savepnpc.res.j2", precmds=["a", 'b "c"'], pstcmds=["/bin/true"],
+                  timeout="3 hours", abort_precmd_with_group=False)
+    res.write_text(text)
+    assert standin.parse_res(res) == {"type": ["savepnpc"], "precmd": ["a", 'b "c"'],
+                                      "pstcmd": ["/bin/true"], "timeout": ["3 hours"],
+                                      "abort precmd with group": ["No"]}
