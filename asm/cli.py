@@ -13,11 +13,23 @@ from ims.config import config_dir as config_dir_path
 from ims.errors import EXIT_CODE_TABLE, ConfigError, ImsError
 from ims.store.maildir import LayoutError, MaildirStore
 
-USAGE = """usage: imsasm -s [-nvb] [-t time] PATH...     save: one archive stream per PATH to stdout
-       imsasm -r [-nv] [PATH...]             recover: the stream on stdin into the store
-       imsasm -c [-nv] [PATH...]             compare: the stream on stdin with the store
-PATH is a placeholder of mkbackupdir's tree. The configuration directory is $IMS_CONFIG_DIR
-(else /etc/ims).
+USAGE = """usage: imsasm -s [-nvqb] PATH...          save: one archive stream per PATH to stdout
+       imsasm -r [-nvq] [-m SRC=DST] [PATH...]  recover: the stream on stdin into the store
+       imsasm -c [-nvq] [PATH...]          compare: the stream on stdin with the store
+PATH is a placeholder of mkbackupdir's tree. -n dry run, -v verbose, -q quiet, -b estimate
+(records, header bytes, data bytes). -m SRC=DST (a relocated recover): the stream is stored
+as an archive file in DST, not restored; imsasm prints the imsrestore command for it. Other
+uasm(8) options are accepted and named on stderr as not acted on. The configuration
+directory is $IMS_CONFIG_DIR (else /etc/ims).
+"""
+
+EXAMPLES = """Examples:
+  imsasm -s /backup/mailhost/groupA/amy/INBOX > amy-inbox.ims
+      save amy's INBOX (NetWorker's save runs this for each placeholder)
+  imsasm -r /backup/mailhost/groupA/amy < amy.ims
+      restore what the stream holds of amy into the live store
+  imsasm -r -m /backup/mailhost=/var/tmp/r /backup/mailhost/groupA/amy < amy.ims
+      keep the stream as a file in /var/tmp/r instead (recover -d); restore it with imsrestore
 """
 
 
@@ -30,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     prog = os.path.basename(sys.argv[0]) if argv is None else "imsasm"
     if args and args[0] in ("-h", "--help"):
-        sys.stdout.write(USAGE + "\n" + EXIT_CODE_TABLE + "\n")
+        sys.stdout.write(USAGE + "\n" + EXIT_CODE_TABLE + "\n\n" + EXAMPLES)
         return 0
     install_signal_handlers()
     try:
         request = parse_args(args)
+        for line in request.not_acted:
+            say(f"{prog}: {line}")
         config = Config.load(config_dir_path(None))
         try:
             store = MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")

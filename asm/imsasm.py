@@ -15,7 +15,18 @@ subfolders) — and:
   Users and folders are named only by the stream's validated records; a member whose values
   are not valid is named, not compared, and makes the exit 4.
 - ``-n`` dry run (save: resolve and check only; recover/compare: read and check the stream),
-  ``-v`` verbose, ``-b`` byte-count estimate (records, header bytes, data bytes).
+  ``-v`` verbose, ``-q`` quiet (no ``-v`` output), ``-b`` byte-count estimate (records,
+  header bytes, data bytes).
+- ``-r -m SRC=DST`` (NetWorker's relocated recover): the stream is not restored but stored
+  as an archive file in DST, checked as it is stored, as ``imsrestore --where DST`` does;
+  nothing in the store changes, and the ``imsrestore -f`` command to use is printed.
+- The other uasm(8) options NetWorker may pass are accepted and named on stderr as not
+  acted on (``NOT_ACTED``), never dropped silently.
+
+Exclusions (``local.store.backup.exclude``) as imsbackup applies them: a directory of the
+tree (server, group, user, ``.d``) is a wider name, so the excluded folders below it are left
+out; a placeholder naming an excluded folder (only a stale tree has one) names it in full,
+so it is saved, as imsbackup saves a folder named in full, with a note saying so.
 
 ``local.store.backup.asmfilter`` (save) and ``local.store.backup.asmrecoverfilter``
 (recover), when set, are shell commands the stream passes through (Sun's imsasm used
@@ -30,19 +41,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ims.archive import format as fmt
 from ims.archive.reader import ArchiveReader
 from ims.archive.writer import ArchiveWriter, RecordSink
 from ims.backup import BackupOptions, run_backup
 from ims.config import EVERYONE_GROUPS, Config
+from ims.cli.imsrestore import copy_to_where
 from ims.errors import DeviceError, ExitCode, UnknownName, UsageError, most_serious
 from ims.mkbackupdir.layout import Placeholder, parse
-from ims.names import Scope, UserScope, in_folder
+from ims.names import Scope, UserScope, in_folder, is_excluded, select_folders
 from ims.restore import session
 from ims.restore.engine import RestoreOptions
 from ims.restore.selection import Pattern
@@ -52,6 +66,41 @@ SAVE_FLAGS = set("nvbeouxiEq")
 SAVE_WITH_VALUE = set("tfp")
 RECOVER_FLAGS = set("nvuq")
 RECOVER_WITH_VALUE = set("imzP")
+OVERWRITE_ANSWERS = set("nNyYrR")      # recover -i: uasm's initial overwrite answer
+
+# uasm(8) options NetWorker may pass that have nothing to act on here, and why: each one
+# given is named on stderr, so that nobody believes it did something.
+_GOES_ON = "imsasm goes on after an error and exits non-zero at the end"
+_NOTHING_REPLACED = ("nothing in the store is overwritten or renamed: an existing folder gets"
+                     " only the messages it lacks, as new mail")
+NOT_ACTED = {
+    "s": {"e": "the stream always ends with its trailer",
+          "u": _GOES_ON,
+          "x": "a placeholder stands for mailboxes, there is no file tree to cross",
+          "i": "imsasm reads no .nsr directives",
+          "E": "no estimate is made before the save (-b gives one instead of a save)",
+          "t": "a mailbox is saved whole; NetWorker's levels choose the mailboxes by their"
+               " placeholders' times",
+          "f": "no directive prototype file is read",
+          "p": "the stream's names come from the store, not from the placeholder's path"},
+    "r": {"u": _GOES_ON,
+          "i": _NOTHING_REPLACED,
+          "z": _NOTHING_REPLACED,
+          "P": "imsasm streams are not encrypted by NetWorker; no pass phrase is used"},
+    "c": {"u": _GOES_ON,
+          "i": "a compare writes nothing",
+          "m": "a compare writes nothing",
+          "z": "a compare writes nothing",
+          "P": "imsasm streams are not encrypted by NetWorker; no pass phrase is used"},
+}
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """recover ``-m SRC=DST``: the paths under SRC go to DST."""
+
+    source: Path
+    target: Path
 
 
 @dataclass
@@ -62,6 +111,17 @@ class AsmRequest:
     estimate: bool = False
     values: dict[str, str] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
+    relocation: Relocation | None = None
+    not_acted: list[str] = field(default_factory=list)   # one line per option given
+
+
+def parse_relocation(value: str) -> Relocation:
+    source, sep, target = value.partition("=")
+    if not sep or not source or not target:
+        raise UsageError(f"-m {value}: expected SRC=DST (the recovered path, or a directory"
+                         " above it, = the directory to store the recover stream in)")
+    return Relocation(Path(os.path.normpath(os.path.abspath(source))),
+                      Path(os.path.normpath(os.path.abspath(target))))
 
 
 def parse_args(argv: list[str]) -> AsmRequest:
@@ -73,6 +133,7 @@ def parse_args(argv: list[str]) -> AsmRequest:
     with_value = SAVE_WITH_VALUE if request.mode == "s" else RECOVER_WITH_VALUE
     args = [argv[0][2:] and "-" + argv[0][2:]] + argv[1:]
     args = [a for a in args if a]
+    quiet = False
     i = 0
     while i < len(args):
         arg = args[i]
@@ -91,7 +152,10 @@ def parse_args(argv: list[str]) -> AsmRequest:
                     raise UsageError(f"option -{letter} needs a value")
                 if not letters[position + 1:]:
                     i += 1
+                if letter in request.values:
+                    raise UsageError(f"-{letter} given twice")
                 request.values[letter] = value
+                _note_not_acted(request, letter, value)
                 break
             if letter not in flags:
                 raise UsageError(f"unknown option -{letter} for imsasm -{request.mode}")
@@ -99,14 +163,32 @@ def parse_args(argv: list[str]) -> AsmRequest:
                 request.dry_run = True
             elif letter == "v":
                 request.verbose = True
+            elif letter == "q":
+                quiet = True
             elif letter == "b":
                 request.estimate = True
             elif letter == "o":
                 raise UsageError("-o (old-style NetWorker save stream) is not supported")
+            else:
+                _note_not_acted(request, letter, None)
         i += 1
+    if quiet:
+        request.verbose = False
     if request.mode == "s" and not request.paths:
         raise UsageError("imsasm -s needs at least one path")
+    answer = request.values.get("i") if request.mode != "s" else None
+    if answer is not None and answer not in OVERWRITE_ANSWERS:
+        raise UsageError(f"-i {answer}: expected one of {' '.join(sorted(OVERWRITE_ANSWERS))}")
+    if request.mode == "r" and "m" in request.values:
+        request.relocation = parse_relocation(request.values["m"])
     return request
+
+
+def _note_not_acted(request: AsmRequest, letter: str, value: str | None) -> None:
+    why = NOT_ACTED[request.mode].get(letter)
+    if why is not None:
+        given = f"-{letter} {value}" if value is not None else f"-{letter}"
+        request.not_acted.append(f"{given}: not acted on: {why}")
 
 
 @dataclass
@@ -114,6 +196,7 @@ class Target:
     path: str
     placeholder: Placeholder
     partition_form: bool          # Sun's /backup/<partition>/<group>/<user> tree
+    relative: Path                # below the backup directory: <server>/<group>/...
 
 
 class PathMapper:
@@ -152,13 +235,20 @@ class PathMapper:
                              f" ({self.server}) nor a partition")
         if placeholder.group is not None and not self.config.groups.exists(placeholder.group):
             raise UnknownName(f"{raw}: no backup group {placeholder.group!r}")
-        return Target(raw, placeholder, partition_form)
+        return Target(raw, placeholder, partition_form, path.relative_to(root))
 
     def scope(self, target: Target) -> tuple[Scope, str]:
-        """The users and folders a save of this placeholder covers, and its logical name."""
+        """The users and folders a save of this placeholder covers, and its logical name.
+
+        The exclusion list is applied by the backup as to any name: a directory of the tree
+        is a wider name, its excluded folders are left out.  A placeholder (or ``.d``
+        directory) of a folder that is itself excluded names that folder in full and saves
+        it, as imsbackup does; ``Scope.warnings`` says so (the tree is stale)."""
         ph = target.placeholder
         groups = self.config.groups
         partitions = [ph.top] if target.partition_form else self.store.partitions()
+        named_excluded = ph.folder is not None and is_excluded(ph.folder,
+                                                               self.config.msg.exclusions())
         users: list[UserScope] = []
         for partition in partitions:
             for user in self.store.users(partition):
@@ -176,12 +266,25 @@ class PathMapper:
                         raise UnknownName(f"{target.path}: user {user!r} has no folder"
                                           f" {ph.folder!r} any more")
                     scope = UserScope(partition, user, group, folders={ph.folder},
-                                      named_folders={ph.folder}, exact=not ph.folder_prefix)
+                                      named_folders={ph.folder} if named_excluded else set(),
+                                      exact=not ph.folder_prefix)
                 users.append(scope)
         if ph.user is not None and not users:
             raise UnknownName(f"{target.path}: no user {ph.user!r} in the store any more")
-        partition = users[0].partition if users else (ph.top if target.partition_form else "*")
-        return Scope(users, []), ph.logical_name(partition)
+        notes = []
+        if named_excluded:
+            notes.append(f"{target.path}: folder {ph.folder!r} is in local.store.backup.exclude;"
+                         " saved because its placeholder names it, as imsbackup saves a folder"
+                         " named in full (mkbackupdir leaves such placeholders out: run it to"
+                         " bring the tree in step)")
+        # The stream's name states what it holds: a directory whose users are on several
+        # partitions (or on none) is named with '*', every partition, not the first user's.
+        held = {scope.partition for scope in users}
+        if target.partition_form:
+            partition = ph.top
+        else:
+            partition = held.pop() if len(held) == 1 else "*"
+        return Scope(users, notes), ph.logical_name(partition)
 
     def pattern(self, target: Target) -> Pattern:
         ph = target.placeholder
@@ -195,10 +298,14 @@ def save(request: AsmRequest, config: Config, store: MaildirStore, out_fd: int,
     for raw in request.paths:
         target = mapper.target(raw)
         resolved.append((target, *mapper.scope(target)))   # every path checked before writing
+    for _, scope, _ in resolved:
+        for note in scope.warnings:
+            say(f"imsasm: note: {note}")
     if request.estimate:
         records = header = data = 0
+        exclusions = config.msg.exclusions()
         for target, scope, logical in resolved:
-            r, h, d = estimate(store, scope)
+            r, h, d = estimate(store, scope, exclusions)
             records, header, data = records + r, header + h, data + d
         os.write(out_fd, f"{records} {header} {data}\n".encode())
         return ExitCode.OK
@@ -232,12 +339,13 @@ def _save_one(config: Config, store: MaildirStore, scope: Scope, logical: str, o
     return ExitCode.SKIPPED if report.skipped else ExitCode.OK
 
 
-def estimate(store: MaildirStore, scope: Scope) -> tuple[int, int, int]:
-    """(records, header bytes, data bytes) of a save, from a listing and stat of each file."""
-    from ims.names import select_folders
+def estimate(store: MaildirStore, scope: Scope, exclusions: list[str]) -> tuple[int, int, int]:
+    """(records, header bytes, data bytes) of a save, from a listing and stat of each file:
+    the folders the save takes, by the same selection (exclusions included)."""
     records = header = data = 0
     for user_scope in scope.users:
-        folders, _ = select_folders(user_scope, store.folders(user_scope.partition, user_scope.user), [])
+        all_folders = store.folders(user_scope.partition, user_scope.user)
+        folders, _ = select_folders(user_scope, all_folders, exclusions)
         records += 1
         header += 2048
         for folder in folders:
@@ -261,20 +369,21 @@ def estimate(store: MaildirStore, scope: Scope) -> tuple[int, int, int]:
 def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int,
             say: Callable[[str], None]) -> int:
     mapper = PathMapper(config, store)
-    patterns = tuple(mapper.pattern(mapper.target(raw)) for raw in request.paths) or (Pattern(),)
+    targets = [mapper.target(raw) for raw in request.paths]
+    patterns = tuple(mapper.pattern(target) for target in targets) or (Pattern(),)
+    relocation = request.relocation
+    if relocation is not None:
+        _check_relocation(relocation, request.paths)
     filter_command = config.msg.get("local.store.backup.asmrecoverfilter")
-    process = None
-    if filter_command:
-        process = subprocess.Popen(filter_command, shell=True, stdin=in_fd, stdout=subprocess.PIPE)
-        assert process.stdout is not None
-        in_fd = process.stdout.fileno()
-    reader = ArchiveReader(in_fd, "the recover stream", fmt.DEFAULT_BLOCKING_FACTOR)
-    options = RestoreOptions(patterns=patterns, list_only=request.dry_run)
-    emit = say if request.verbose else None
-    writer = session.store_writer(config, store, session.WriterSettings())
-    report, _ = session.restore_archive(writer, reader, options, lambda message: True, emit)
-    if process is not None and process.wait() != 0:
-        raise DeviceError(f"asmrecoverfilter {filter_command!r} exited {process.returncode}")
+    with _recover_filter(filter_command, in_fd) as stream_fd:
+        if relocation is not None and not request.dry_run:
+            labels = [str(target.relative) for target in targets]
+            return _relocate(relocation, labels, patterns, stream_fd, say)
+        reader = ArchiveReader(stream_fd, "the recover stream", fmt.DEFAULT_BLOCKING_FACTOR)
+        options = RestoreOptions(patterns=patterns, list_only=request.dry_run)
+        emit = say if request.verbose else None
+        writer = session.store_writer(config, store, session.WriterSettings())
+        report, _ = session.restore_archive(writer, reader, options, lambda message: True, emit)
     # as imsrestore: PATHs that matched nothing are an error when nothing else was done,
     # otherwise named as skipped (from a pipe they can only be found missing at the end)
     unmatched = [request.paths[i] for i in report.unmatched] if request.paths else []
@@ -290,6 +399,63 @@ def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
         say(f"imsasm: {len(report.unresolved)} message(s) are links to data in another save"
             " record; recover that record too, or save with imsbackup -i")
     return report.exit_code()
+
+
+@contextmanager
+def _recover_filter(command: str | None, in_fd: int) -> Iterator[int]:
+    """The recover stream, through local.store.backup.asmrecoverfilter when one is set."""
+    if not command:
+        yield in_fd
+        return
+    process = subprocess.Popen(command, shell=True, stdin=in_fd, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    try:
+        yield process.stdout.fileno()
+    except BaseException:
+        # not read any more: closed, so that the filter ends instead of waiting to write;
+        # how it ends is a consequence of what is being raised
+        process.stdout.close()
+        process.wait()
+        raise
+    code = process.wait()
+    process.stdout.close()
+    if code != 0:
+        raise DeviceError(f"asmrecoverfilter {command!r} exited {code}")
+
+
+def _check_relocation(relocation: Relocation, paths: list[str]) -> None:
+    """SRC must be each recovered PATH or a directory above it: a relocation meant for other
+    paths is refused, never taken for a recover into the live store."""
+    for raw in paths:
+        absolute = Path(os.path.normpath(os.path.abspath(raw)))
+        forms = (absolute, Path(os.path.realpath(absolute)))
+        if not any(form == relocation.source or relocation.source in form.parents
+                   for form in forms):
+            raise UsageError(f"-m {relocation.source}={relocation.target}: {raw} is not"
+                             f" {relocation.source} or below it")
+
+
+def _relocate(relocation: Relocation, labels: list[str], patterns: tuple[Pattern, ...],
+              in_fd: int, say: Callable[[str], None]) -> int:
+    """Store the recover stream as an archive file in the relocation's target, checked as
+    it is stored (imsrestore --where's code: 0600, exclusive, never through a link; a cut or
+    damaged stream raises ArchiveDamaged and stays as NAME.partial), and name the
+    imsrestore command that restores it.  Nothing in the store is touched."""
+    stored = copy_to_where(in_fd, "the recover stream", relocation.target, tuple(labels),
+                           fmt.DEFAULT_BLOCKING_FACTOR)
+    names = [name for name in (pattern_name(p) for p in patterns) if name]
+    command = " ".join(shlex.quote(word) for word in ["imsrestore", "-f", str(stored), *names])
+    say(f"imsasm: recover stream stored as {stored}; nothing in the store was changed;"
+        f" restore with: {command}")
+    return ExitCode.OK
+
+
+def pattern_name(pattern: Pattern) -> str:
+    """The logical name imsrestore selects a recover PATH's mail by ('' for all of it)."""
+    parts = [part for part in (pattern.group, pattern.user, pattern.folder) if part is not None]
+    if not parts and pattern.partition in (None, "*"):
+        return ""
+    return "/" + "/".join([pattern.partition or "*", *parts])
 
 
 def compare(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int,
