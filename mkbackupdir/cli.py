@@ -18,10 +18,19 @@ PROG = "mkbackupdir"
 
 HELP = """Build the placeholder tree <backupdir>/<server>/<group>/<user>/<mailbox> that
 NetWorker saves through the imsasm ASM, or bring it in step with the store: new users and
-folders are added, those that are gone removed, nothing else touched."""
+folders are added, those that are gone removed, nothing else touched. The folders of
+local.store.backup.exclude get no placeholder (those they had are removed)."""
+
+EXAMPLES = """\b
+Examples:
+  mkbackupdir -v
+      build the tree in local.store.backupdir, or bring it in step, naming each change
+  mkbackupdir -p /backup -a site2asm
+      the tree in /backup, its .nsr files naming the ASM linked as site2asm"""
 
 
-@click.command(help=HELP, epilog=epilog(), context_settings={"help_option_names": ["--help"]})
+@click.command(help=HELP, epilog=epilog() + "\n\n" + EXAMPLES,
+               context_settings={"help_option_names": ["--help"]})
 @click.option("-p", "backupdir", metavar="DIR", help="The tree's root (default: local.store.backupdir).")
 @click.option("-a", "asm", default="imsasm", show_default=True, metavar="NAME",
               help="The ASM name written into the .nsr files (must end in 'asm').")
@@ -70,7 +79,9 @@ def command(backupdir: str | None, asm: str, inbox_only: bool, folders_only: boo
         warn(PROG, problem)
     click.echo(f"{PROG}: {options.backupdir / options.server}: {report.users} users,"
                f" {report.placeholders} placeholders, {len(report.created)} added,"
-               f" {len(report.removed)} removed", err=True)
+               f" {len(report.removed)} removed"
+               + (f", {len(report.excluded)} folder(s) left out by local.store.backup.exclude"
+                  if report.excluded else ""), err=True)
     raise CommandResult(ExitCode.SKIPPED if report.errors or report.problems else ExitCode.OK)
 
 

@@ -4,7 +4,8 @@ One run lists every user of every partition (in parallel, ``threads`` at a time)
 the wanted tree — a zero-length placeholder per mailbox (or per user with ``per_user``) and
 a ``.nsr`` in every directory that holds placeholders, naming them for the ASM — and then
 changes only what differs: new placeholders are created, those of users and folders that
-are gone are removed (with directories left empty), ``.nsr`` files are rewritten only when
+are gone, or left out by ``local.store.backup.exclude`` (as imsbackup leaves them out of a
+user), are removed (with directories left empty), ``.nsr`` files are rewritten only when
 their content changes.  Each placeholder's mtime is set to its mailbox's last change (the
 newest ctime of its ``cur/`` and ``new/``), so that NetWorker's incremental levels save the
 mailboxes that changed; nothing else is touched.  It is safe to run as a savepnpc precmd
@@ -33,6 +34,7 @@ from pathlib import Path
 from ims.config import Config
 from ims.errors import ConfigError
 from ims.mkbackupdir.layout import NSR_FILE, folder_to_parts
+from ims.names import UserScope, select_folders
 from ims.store.maildir import INBOX, MaildirStore
 from ims.store.maildir_write import Owner
 
@@ -57,6 +59,7 @@ class TreeReport:
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     nsr_written: int = 0
+    excluded: list[str] = field(default_factory=list)   # /partition/user/folder left out
     long_names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)    # refused or failed, one line each
@@ -94,12 +97,17 @@ def wanted_tree(config: Config, store: MaildirStore, options: TreeOptions, repor
     placeholders: dict[Path, float | None] = {}
     nsr: dict[Path, list[str]] = {}
     protected: set[Path] = set()       # users we could not read: keep what they have
+    exclusions = config.msg.exclusions()
 
     def one_partition(partition: str) -> list[tuple[str, str, list[tuple[str, float | None]] | None]]:
         rows = []
         for user in store.users(partition):
             try:
-                folders = store.folders(partition, user)
+                # the folders a backup of the user takes, by imsbackup's own selection: an
+                # excluded folder gets no placeholder, and loses the one it had
+                folders, excluded = select_folders(UserScope(partition, user, groups.group_of(user)),
+                                                   store.folders(partition, user), exclusions)
+                report.excluded.extend(f"/{partition}/{user}/{folder}" for folder in excluded)
                 mailboxes = []
                 for folder in folders:
                     if options.inbox_only and folder != INBOX:
