@@ -71,6 +71,7 @@ class BackupReport:
     skipped: list[str] = field(default_factory=list)
     excluded_folders: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    empty_groups: list[str] = field(default_factory=list)   # named in warnings too; no mail lost
     seconds: float = 0.0
 
 
@@ -80,7 +81,7 @@ ProgressFn = Callable[[BackupReport, str], None]
 def run_backup(config: Config, store: StoreReader, scope: Scope, writer: ArchiveWriter,
                options: BackupOptions, progress: ProgressFn | None = None) -> BackupReport:
     started = time.monotonic()
-    report = BackupReport(warnings=list(scope.warnings))
+    report = BackupReport(warnings=list(scope.warnings), empty_groups=list(scope.empty_groups))
     now = int(time.time())
     exclusions = [] if options.ignore_exclusions else config.msg.exclusions()
     header = ArchiveHeader(
@@ -253,6 +254,7 @@ def summary(report: BackupReport, exit_code: int) -> dict[str, Any]:
         "unchanged_folders": report.unchanged_folders,
         "users": report.users,
         "warnings": report.warnings,
+        "empty_groups": report.empty_groups,
         "seconds": round(report.seconds, 3),
     }
 

@@ -15,10 +15,12 @@ import os
 import re
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ims.errors import ConfigError
+from ims.posixre import translate
 
 DEFAULT_CONFIG_DIR = "/etc/ims"
 MSG_CONF = "msg.conf"
@@ -139,6 +141,21 @@ class BackupGroup:
     name: str
     pattern: re.Pattern[str]
     lineno: int
+    regex: str = ""             # as written in the file (``pattern`` is its translation)
+
+
+def compile_group_regex(regex: str) -> re.Pattern[str]:
+    """A group's regex, POSIX bracket classes included (``ims.posixre``).
+
+    Raises ``ValueError`` with the reason.  A warning of ``re`` (a nested set, say) is an
+    error too: it would otherwise be the only sign, on stderr, of a regex that does not do
+    what it says."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return re.compile(translate(regex))       # RegexError passes through
+        except (re.error, Warning) as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass
@@ -150,10 +167,13 @@ class BackupGroups:
     overlaps: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> "BackupGroups":
+    def load(cls, path: Path, missing_ok: bool = True) -> "BackupGroups":
+        """The file's groups; none (only ``ALL``) when it is missing and ``missing_ok``."""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            if not missing_ok:
+                raise ConfigError(f"{path}: backup groups file not found") from None
             return cls(None)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {_reason(exc)}") from None
@@ -180,22 +200,35 @@ class BackupGroups:
                 raise ConfigError(f"{path}:{lineno}: group {name!r} already defined on line"
                                   f" {seen[name]}")
             try:
-                pattern = re.compile(regex)
-            except re.error as exc:
+                pattern = compile_group_regex(regex)
+            except ValueError as exc:
                 raise ConfigError(f"{path}:{lineno}: invalid regex {regex!r}: {exc}") from None
             seen[name] = lineno
-            groups.append(BackupGroup(name, pattern, lineno))
+            groups.append(BackupGroup(name, pattern, lineno, regex))
         return cls(path, groups)
 
     @property
     def defined(self) -> bool:
         return self.path is not None
 
+    def custom_names(self) -> list[str]:
+        """The groups of the file, in file order."""
+        return [g.name for g in self.groups]
+
+    def empty_warning(self, name: str, where: list[str], partitions: list[str]) -> str:
+        """The warning for a custom group no user falls in (on the partitions ``where``, of
+        all ``partitions``): its regex may be wrong, or the file's order hides it.  No mail
+        is left out: such users are in an earlier group or in ``ungrouped``."""
+        group = next(g for g in self.groups if g.name == name)
+        on = "" if set(where) >= set(partitions) else f" on partition(s) {', '.join(where)}"
+        return (f"backup group {name!r} ({self.path}:{group.lineno}: {group.regex}) matches no"
+                f" user{on}; its users, if any, are in an earlier group or in '{UNGROUPED}'")
+
     def names(self) -> list[str]:
         """Every group a listing should show: custom groups, then ``ungrouped``."""
         if not self.groups:
             return ["ALL"]
-        return [g.name for g in self.groups] + [UNGROUPED]
+        return self.custom_names() + [UNGROUPED]
 
     def group_of(self, user: str) -> str:
         """The group a user belongs to: the first match, else ``ungrouped`` (or ``ALL``)."""
@@ -226,9 +259,12 @@ class Config:
     groups: BackupGroups
 
     @classmethod
-    def load(cls, directory: Path) -> "Config":
+    def load(cls, directory: Path, groups_file: Path | None = None) -> "Config":
+        """``groups_file``: a backup-groups.conf to use instead of the directory's (a
+        candidate being checked: it must exist)."""
         msg = MsgConf.load(directory / MSG_CONF)
-        groups = BackupGroups.load(directory / GROUPS_CONF)
+        groups = (BackupGroups.load(groups_file, missing_ok=False) if groups_file
+                  else BackupGroups.load(directory / GROUPS_CONF))
         if not msg.partitions():
             raise ConfigError(f"{directory / MSG_CONF}: no partition defined"
                               " (store.partition.<name>.path)")

@@ -44,6 +44,7 @@ class UserScope:
 class Scope:
     users: list[UserScope]
     warnings: list[str]
+    empty_groups: list[str] = field(default_factory=list)   # custom groups covered, no user
 
 
 def normalize_folder(folder: str) -> str:
@@ -86,8 +87,14 @@ def resolve(names: list[str], config: Config, store: StoreReader,
         raise UsageError("no logical name given (use / for the whole store)")
     groups = config.groups
     partitions = store.partitions()
+    scope_warnings: list[str] = []
     by_key: dict[tuple[str, str], UserScope] = {}
     user_cache: dict[str, list[str]] = {}
+    covered: dict[str, set[str]] = {}       # custom group -> partitions a name took it on
+
+    def cover(group_names: list[str], on: list[str]) -> None:
+        for group_name in group_names:
+            covered.setdefault(group_name, set()).update(on)
 
     def users_of(partition: str) -> list[str]:
         if partition not in user_cache:
@@ -110,6 +117,7 @@ def resolve(names: list[str], config: Config, store: StoreReader,
             continue
         parts = [p for p in name.split("/") if p]
         if not parts:
+            cover(groups.custom_names(), partitions)
             for partition in partitions:
                 for user in users_of(partition):
                     take(partition, user).add_all()
@@ -122,15 +130,27 @@ def resolve(names: list[str], config: Config, store: StoreReader,
             raise UnknownName(f"{name}: no such partition {parts[0]!r}"
                               f" (configured: {', '.join(partitions) or 'none'})")
         if len(parts) == 1:
+            cover(groups.custom_names(), chosen_partitions)
             for partition in chosen_partitions:
                 for user in users_of(partition):
                     take(partition, user).add_all()
             continue
         group = parts[1]
+        as_user = [p for p in chosen_partitions if store.user_exists(p, group)]
         if not groups.exists(group):
-            known = ", ".join([*EVERYONE_GROUPS, *groups.names()])
-            raise UnknownName(f"{name}: no such backup group {group!r} (known: {known})")
+            if not as_user:
+                known = ", ".join(dict.fromkeys([*EVERYONE_GROUPS, *groups.names()]))
+                raise UnknownName(f"{name}: no such backup group {group!r} (known: {known})")
+            # Sun's guide writes a user as /primary/user1: no group has that name, so it
+            # can only mean /primary/user/user1
+            parts.insert(1, EVERYONE_GROUPS[0])
+            group = parts[1]
+        elif len(parts) == 2 and group not in EVERYONE_GROUPS and as_user:
+            scope_warnings.append(f"{name} is the backup group {group!r}; the user {group!r}"
+                                  f" is /{parts[0]}/{EVERYONE_GROUPS[0]}/{group}")
         if len(parts) == 2:
+            cover(groups.custom_names() if group in EVERYONE_GROUPS else [group],
+                  chosen_partitions)
             for partition in chosen_partitions:
                 for user in users_of(partition):
                     if groups.contains(group, user):
@@ -161,7 +181,7 @@ def resolve(names: list[str], config: Config, store: StoreReader,
                 raise UnknownName(f"{name}: user {user!r} has no folder {folder!r}")
             take(partition, user).add_folder(folder)
 
-    warnings: list[str] = []
+    warnings = scope_warnings
     ordered = sorted(by_key.values(), key=lambda s: (s.partition, s.user))
     if groups.groups:
         loose = [s.user for s in ordered if s.group == UNGROUPED]
@@ -181,7 +201,13 @@ def resolve(names: list[str], config: Config, store: StoreReader,
             warnings.append(f"user {s.user!r} exists on partitions {seen_users[s.user]!r}"
                             f" and {s.partition!r}: both are taken")
         seen_users[s.user] = s.partition
-    return Scope(ordered, warnings)
+    present: dict[str, set[str]] = {}       # partition -> the groups its users are in
+    for partition in set().union(*covered.values()):
+        present[partition] = {groups.group_of(user) for user in users_of(partition)}
+    empty = [g for g in groups.custom_names()
+             if g in covered and not any(g in present[p] for p in covered[g])]
+    warnings.extend(groups.empty_warning(g, sorted(covered[g]), partitions) for g in empty)
+    return Scope(ordered, warnings, empty)
 
 
 def validate_encoding(encoding: str) -> str:

@@ -23,10 +23,11 @@ from pathlib import Path
 import click
 import jinja2
 
-from ims.cli.common import CommandResult, config_dir_option, epilog, run
+from ims.cli.common import CommandResult, config_dir_option, emit_json, epilog, run, warn
 from ims.config import BackupGroups, Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import ConfigError, ExitCode, UsageError
+from ims.groupsurvey import mail_size, survey
 from ims.store.maildir import LayoutError, MaildirStore
 
 PROG = "imsconfig"
@@ -65,8 +66,8 @@ def write_output(text: str, output: str | None) -> None:
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
 
 
-def load(config_dir: str | None) -> tuple[Config, MaildirStore]:
-    config = Config.load(config_dir_path(config_dir))
+def load(config_dir: str | None, groups_file: str | None = None) -> tuple[Config, MaildirStore]:
+    config = Config.load(config_dir_path(config_dir), Path(groups_file) if groups_file else None)
     try:
         store = MaildirStore(config.msg.partitions(), config.msg.get("store.maildir.layout") or "")
     except LayoutError as exc:
@@ -89,6 +90,10 @@ EXAMPLES = {
     "groups": """Examples:
   imsconfig groups --split 4 -o /etc/ims/backup-groups.conf
   imsconfig groups --pattern groupA='[a-l].*' --pattern groupB='[m-z].*'""",
+    "show-groups": """Examples:
+  imsconfig show-groups                                  the installed backup-groups.conf
+  imsconfig show-groups --groups-file /tmp/new-groups.conf --no-users   a candidate, counts only
+  imsconfig show-groups --json""",
     "bacula": """Examples:
   imsconfig bacula --client mailhost-fd --storage File1 --pool Full -o /etc/bacula/ims-mail.conf""",
 }
@@ -225,6 +230,32 @@ def groups_command(patterns: tuple[str, ...], split: int | None, prefix: str,
     raise CommandResult(ExitCode.OK)
 
 
+@command.command("show-groups", help="Each backup group with its users per partition, the"
+                 " users in no group (ungrouped), and the messages and bytes of each group, read"
+                 " from the store; a group that matches no user is flagged EMPTY.  Checks the"
+                 " installed backup-groups.conf or, with --groups-file, a candidate one.",
+                 epilog=examples("show-groups"))
+@click.option("--groups-file", metavar="FILE",
+              help="Check FILE instead of the installed backup-groups.conf.")
+@click.option("--no-users", is_flag=True, help="Counts only, no user IDs.")
+@click.option("--no-sizes", is_flag=True, help="Do not read the mail (faster on a large store).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@config_dir_option
+def show_groups_command(groups_file: str | None, no_users: bool, no_sizes: bool, as_json: bool,
+                        config_dir: str | None) -> None:
+    config, store = load(config_dir, groups_file)
+    result = survey(config.groups, store, sizes=not no_sizes)
+    if as_json:
+        emit_json(result.as_json(), to_stderr=False)
+    else:
+        click.echo(result.as_text(users=not no_users, sizes=not no_sizes), nl=False)
+    for name in result.empty_groups():
+        warn(PROG, config.groups.empty_warning(name, result.partitions, result.partitions))
+    for line in result.unreadable:
+        warn(PROG, f"cannot read {line} (left out of the sizes)")
+    raise CommandResult(ExitCode.SKIPPED if result.unreadable else ExitCode.OK)
+
+
 @command.command("bacula", help="Bacula FileSets and Jobs (bpipe), one per (partition, group).",
                  epilog=examples("bacula"))
 @click.option("--client", required=True, help="The Bacula Client resource of this host.")
@@ -286,14 +317,10 @@ def measure(store: MaildirStore) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for partition in store.partitions():
         for user in store.users(partition):
-            total = 0
-            for dirpath, _dirs, files in os.walk(store.maildir(partition, user)):
-                if os.path.basename(dirpath) in ("cur", "new"):
-                    for name in files:
-                        try:
-                            total += os.lstat(os.path.join(dirpath, name)).st_size
-                        except FileNotFoundError:
-                            pass
+            try:
+                total = mail_size(store, partition, user)[1]
+            except OSError:
+                total = 0           # unreadable: it weighs nothing in a split
             sizes[user] = sizes.get(user, 0) + total + 1
     return sizes
 

@@ -187,7 +187,9 @@ def command(device: str | None, blocking: int, since: str | None, encoding: str,
         click.echo(f"{PROG}: {report.messages} messages, {report.links} links,"
                    f" {report.bytes} bytes, {report.vanished} vanished,"
                    f" {len(report.skipped)} skipped, {report.folders} folders"
-                   f" in {report.seconds:.1f} s", err=True)
+                   f" in {report.seconds:.1f} s" + (
+                       f"; backup group(s) matching no user: {', '.join(report.empty_groups)}"
+                       if report.empty_groups else ""), err=True)
     if as_json:
         emit_json(summary(report, code), to_stderr=output.is_stdout)
     if job_state and code == ExitCode.OK:

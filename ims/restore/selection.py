@@ -6,8 +6,9 @@ that cannot be read or has a bad line (named ``file:line``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from ims.archive.records import valid_user
 from ims.config import EVERYONE_GROUPS
@@ -22,9 +23,14 @@ class Pattern:
     group: str | None = None          # None, user, ALL: any
     user: str | None = None
     folder: str | None = None
+    # the same name read as Sun's guide writes a user (/P/user1 for /P/user/user1)
+    user_form: "Pattern | None" = field(default=None, compare=False)
+
+    def partition_matches(self, partition: str) -> bool:
+        return self.partition in (None, "*", partition)
 
     def user_matches(self, partition: str, group: str, user: str) -> bool:
-        return ((self.partition in (None, "*") or self.partition == partition)
+        return (self.partition_matches(partition)
                 and (self.group in (None, *EVERYONE_GROUPS) or self.group == group)
                 and (self.user is None or self.user == user))
 
@@ -52,24 +58,71 @@ def parse_selection(names: list[str], encoding: str = "UTF-8") -> list[Pattern]:
     """Logical names as imsbackup takes them, matched against what the archive recorded."""
     if not names:
         return [Pattern()]
-    patterns = []
-    for name in names:
-        if not name.startswith("/"):
-            patterns.append(Pattern(user=name))
+    return [_parse_name(name, encoding) for name in names]
+
+
+def _parse_name(name: str, encoding: str) -> Pattern:
+    if not name.startswith("/"):
+        return Pattern(user=name)
+    parts = [p for p in name.split("/") if p]
+    folder = None
+    if len(parts) > 3:
+        levels = parts[3:]
+        if encoding == "IMAP_MODIFIED-UTF-7":
+            try:
+                levels = [mutf7.decode(level) for level in levels]
+            except ValueError as exc:
+                raise UsageError(f"{name}: {exc}") from None
+        folder = normalize_folder("/".join(levels))
+    user_form = None
+    if len(parts) > 1 and parts[1] not in EVERYONE_GROUPS:
+        user_form = _parse_name(user_form_name(name), encoding)
+    return Pattern(parts[0] if parts else None, parts[1] if len(parts) > 1 else None,
+                   parts[2] if len(parts) > 2 else None, folder, user_form)
+
+
+def user_form_name(name: str) -> str:
+    """``/primary/user1[/F...]`` as a user's name in full: ``/primary/user/user1[/F...]``."""
+    parts = [p for p in name.split("/") if p]
+    return "/" + "/".join([parts[0], EVERYONE_GROUPS[0], *parts[1:]])
+
+
+def accept_user_forms(names: list[str], patterns: tuple[Pattern, ...],
+                      recorded: Iterable[tuple[str, str, str]]) -> tuple[tuple[Pattern, ...], list[str]]:
+    """Sun's guide writes a user as ``/primary/user1``: where the archive recorded (as
+    (partition, group, user)) no group of that name but a user of that ID, the name is taken
+    as the user.  A name that is both stays the group, with a note naming the user's form."""
+    entries = list(recorded)
+    accepted: list[Pattern] = []
+    notes: list[str] = []
+    for name, pattern in zip(names, patterns):
+        alias = pattern.user_form
+        if alias is None:
+            accepted.append(pattern)
             continue
+        is_group = any(pattern.partition_matches(p) and g == pattern.group for p, g, _ in entries)
+        is_user = any(alias.user_matches(p, g, u) for p, g, u in entries)
+        if is_user and not is_group:
+            accepted.append(alias)
+            continue
+        if is_user and pattern.user is None:
+            notes.append(f"{name} is the backup group {pattern.group!r}; the user"
+                         f" {pattern.group!r} is {user_form_name(name)}")
+        accepted.append(pattern)
+    return tuple(accepted), notes
+
+
+def not_in_archive(names: list[str], where: str, hint: bool = True) -> str:
+    """The message for NAMEs that select nothing.  With ``hint`` (an archive read as a
+    stream, whose users are not known before its end) a ``/P/X`` name gets the form it would
+    have if X is a user."""
+    hints = []
+    for name in names:
         parts = [p for p in name.split("/") if p]
-        folder = None
-        if len(parts) > 3:
-            levels = parts[3:]
-            if encoding == "IMAP_MODIFIED-UTF-7":
-                try:
-                    levels = [mutf7.decode(level) for level in levels]
-                except ValueError as exc:
-                    raise UsageError(f"{name}: {exc}") from None
-            folder = normalize_folder("/".join(levels))
-        patterns.append(Pattern(parts[0] if parts else None, parts[1] if len(parts) > 1 else None,
-                                parts[2] if len(parts) > 2 else None, folder))
-    return patterns
+        if hint and name.startswith("/") and len(parts) == 2 and parts[1] not in EVERYONE_GROUPS:
+            hints.append(f"if {parts[1]!r} is a user: {user_form_name(name)}")
+    return f"{' '.join(names)}: not in the archive {where}" + (
+        f" ({'; '.join(hints)})" if hints else "")
 
 
 def read_user_map(path: str) -> dict[str, str]:

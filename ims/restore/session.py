@@ -67,7 +67,7 @@ def check_names(names: list[str], patterns, users: list[tuple[str, str, str]],
                if not any(p.user_matches(*u) for u in users if p.folder is None)
                and not any(p.user_matches(*f[:3]) and p.folder_matches(f[3]) for f in folders)]
     if missing:
-        raise UsageError(not_in_archive(missing, where))
+        raise UsageError(not_in_archive(missing, where, hint=False))
 
 
 def with_user_forms(names: list[str] | None, options: RestoreOptions,

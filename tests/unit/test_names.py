@@ -100,3 +100,53 @@ def test_exclusions_apply_to_subfolders_unless_named():
     assert chosen == ["INBOX", "Sent"] and excluded == ["Trash", "Trash/Old", "Bulk Mail"]
     named = UserScope("primary", "amy", "groupA", folders={"Trash"}, named_folders={"Trash"})
     assert select_folders(named, folders, ["Trash"]) == (["Trash", "Trash/Old"], [])
+
+
+def with_groups(world, text: str) -> tuple[Config, MaildirStore]:
+    config, store = world
+    groups = BackupGroups.parse(text, Path("/etc/ims/backup-groups.conf"))
+    return Config(config.directory, config.msg, groups), store
+
+
+def test_sun_user_form_is_accepted(world):
+    # Sun's guide writes /primary/user1; no group of that name: it can only be the user
+    config, store = world
+    scope = resolve(["/primary/amy"], config, store)
+    assert users_of(scope) == [("primary", "amy")] and scope.users[0].folders is None
+    assert not any("amy" in w for w in scope.warnings)
+    scope = resolve(["/primary/amy/Sent"], config, store)
+    assert scope.users[0].folders == {"Sent"}
+    assert users_of(resolve(["/*/bob"], config, store)) == [("secondary", "bob")]
+    with pytest.raises(UnknownName, match="no such backup group 'amy'"):
+        resolve(["/secondary/amy"], config, store)        # amy is not on secondary
+
+
+def test_a_name_both_group_and_user_stays_the_group(world):
+    config, store = with_groups(world, "mike=(mike|Zed)\ngroupA=[a-l].*\n")
+    scope = resolve(["/primary/mike"], config, store)
+    assert users_of(scope) == [("primary", "Zed"), ("primary", "mike")]     # the group
+    assert "/primary/mike is the backup group 'mike'; the user 'mike' is /primary/user/mike" \
+        in scope.warnings
+
+
+def test_known_groups_are_listed_once(world):
+    config, store = world
+    bare = Config(config.directory, config.msg, BackupGroups(None))
+    with pytest.raises(UnknownName) as err:
+        resolve(["/primary/groupQ"], bare, store)
+    assert str(err.value).endswith("(known: user, ALL)")
+
+
+def test_empty_groups_are_warned_about(world):
+    config, store = with_groups(
+        world, "groupA=[a-l].*\nshadow=amy\ngroupC=[[:digit:]].*\nstaff=staff-.*\n")
+    scope = resolve(["/"], config, store)
+    assert scope.empty_groups == ["shadow", "staff"]      # groupC has 0800help
+    assert any(w.startswith("backup group 'staff' (/etc/ims/backup-groups.conf:4: staff-.*)"
+                            " matches no user;") for w in scope.warnings)
+    scope = resolve(["/primary/groupC"], config, store)
+    assert scope.empty_groups == ["groupC"] and scope.users == []
+    assert any("'groupC'" in w and "on partition(s) primary" in w for w in scope.warnings)
+    # a user named alone covers no group: nothing to say about groups
+    assert resolve(["/primary/user/amy"], config, store).empty_groups == []
+    assert resolve(["/secondary/groupA"], config, store).empty_groups == []
