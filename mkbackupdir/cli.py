@@ -69,6 +69,9 @@ def command(backupdir: str | None, asm: str, inbox_only: bool, folders_only: boo
     if report.ungrouped:
         warn(PROG, f"{len(report.ungrouped)} user(s) match no backup group and are placed in"
              f" 'ungrouped': {', '.join(report.ungrouped[:20])}")
+    for name in config.groups.custom_names():
+        if name not in report.groups_used:
+            warn(PROG, config.groups.empty_warning(name, store.partitions(), store.partitions()))
     if report.long_names:
         warn(PROG, f"{len(report.long_names)} save-set name(s) are longer than {SAVE_SET_LIMIT}"
              f" characters, the limit of older NetWorker releases (use a shorter -p), e.g."

@@ -64,6 +64,7 @@ class TreeReport:
     errors: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)    # refused or failed, one line each
     ungrouped: list[str] = field(default_factory=list)
+    groups_used: set[str] = field(default_factory=set)
 
 
 def nsr_quote(name: str) -> str:
@@ -128,6 +129,7 @@ def wanted_tree(config: Config, store: MaildirStore, options: TreeOptions, repor
     for rows in results:
         for partition, user, mailboxes in rows:
             group = groups.group_of(user)
+            report.groups_used.add(group)
             if group == "ungrouped":
                 report.ungrouped.append(user)
             user_dir = root / group / user
