@@ -53,12 +53,12 @@ from ims.archive.reader import ArchiveReader
 from ims.archive.writer import ArchiveWriter, RecordSink
 from ims.backup import BackupOptions, run_backup
 from ims.config import EVERYONE_GROUPS, Config
-from ims.cli.imsrestore import copy_to_where
 from ims.errors import DeviceError, ExitCode, UnknownName, UsageError, most_serious
 from ims.mkbackupdir.layout import Placeholder, parse
 from ims.names import Scope, UserScope, in_folder, is_excluded, select_folders
 from ims.restore import session
 from ims.restore.engine import RestoreOptions
+from ims.restore.stored import store_stream
 from ims.restore.selection import Pattern
 from ims.store.maildir import LayoutError, MaildirFolderReader, MaildirStore
 
@@ -379,7 +379,7 @@ def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
         if relocation is not None and not request.dry_run:
             labels = [str(target.relative) for target in targets]
             return _relocate(relocation, labels, patterns, stream_fd, say)
-        reader = ArchiveReader(stream_fd, "the recover stream", fmt.DEFAULT_BLOCKING_FACTOR)
+        reader = ArchiveReader(stream_fd, "the recover stream", None)
         options = RestoreOptions(patterns=patterns, list_only=request.dry_run)
         emit = say if request.verbose else None
         writer = session.store_writer(config, store, session.WriterSettings())
@@ -441,8 +441,7 @@ def _relocate(relocation: Relocation, labels: list[str], patterns: tuple[Pattern
     it is stored (imsrestore --where's code: 0600, exclusive, never through a link; a cut or
     damaged stream raises ArchiveDamaged and stays as NAME.partial), and name the
     imsrestore command that restores it.  Nothing in the store is touched."""
-    stored = copy_to_where(in_fd, "the recover stream", relocation.target, tuple(labels),
-                           fmt.DEFAULT_BLOCKING_FACTOR)
+    stored = store_stream(in_fd, "the recover stream", relocation.target, tuple(labels), None)
     names = [name for name in (pattern_name(p) for p in patterns) if name]
     command = " ".join(shlex.quote(word) for word in ["imsrestore", "-f", str(stored), *names])
     say(f"imsasm: recover stream stored as {stored}; nothing in the store was changed;"
@@ -465,7 +464,7 @@ def compare(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
 
     Names come only from the validated records (ims/archive/records.py); each live folder
     is listed once, while the stream goes through that folder's members."""
-    reader = ArchiveReader(in_fd, "the compare stream", fmt.DEFAULT_BLOCKING_FACTOR)
+    reader = ArchiveReader(in_fd, "the compare stream", None)
     reader.read_header()
     differences = 0
     invalid = 0

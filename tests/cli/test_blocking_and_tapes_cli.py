@@ -63,6 +63,7 @@ def test_any_blocking_factor_is_read_without_b(fresh_store, tmp_path):
                      data=archive.read_bytes())
     assert stored.returncode == 0, stored.stderr
     assert [p.read_bytes() for p in (tmp_path / "where").iterdir()] == [archive.read_bytes()]
+    assert (tmp_path / "where").stat().st_mode & 0o777 == 0o700      # it names every user
 
 
 def test_a_b_that_disagrees_stays_an_error(fresh_store, tmp_path):
