@@ -23,10 +23,9 @@ import standin  # noqa: E402
 USERS = {"amy": "primary", "mike": "primary", "9zed": "secondary"}
 
 
-
-
-@pytest.fixture(scope="module")
-def mailstore(dovecot, tmp_path_factory):
+def build_store(dovecot, root: Path, backup_settings: bool) -> dict:
+    """Three users on two partitions, amy with subfolders, flags and a folder with a space;
+    with ``backup_settings`` the backup directory, server name and Sun's groups are set."""
     partitions = {"primary": dovecot.partition("nw-primary"),
                   "secondary": dovecot.partition("nw-secondary")}
     for user, partition in USERS.items():
@@ -44,11 +43,18 @@ def mailstore(dovecot, tmp_path_factory):
     client.append('"Bulk Mail"', r"(\Seen)", imaplib.Time2Internaldate(1700000000),
                   b"Subject: bulk\r\n\r\nbulk\r\n")
     client.logout()
-    root = tmp_path_factory.mktemp("nw")
+    if not backup_settings:
+        return {"config": write_config(root / "config", partitions, groups=None),
+                "partitions": partitions}
     config = write_config(root / "config", partitions)
     with open(config / "msg.conf", "a") as conf:
         conf.write(f"local.store.backupdir = {root / 'backup'}\nlocal.store.backup.servername = mailhost\n")
     return {"config": config, "partitions": partitions, "backup": root / "backup"}
+
+
+@pytest.fixture(scope="module")
+def mailstore(dovecot, tmp_path_factory):
+    return build_store(dovecot, tmp_path_factory.mktemp("nw"), backup_settings=True)
 
 
 def nsr(bin_dir: Path, program: str, *args: str, config: Path) -> subprocess.CompletedProcess:
@@ -119,7 +125,7 @@ def test_single_save_set_saves_every_user_and_recovers_a_mailbox(dovecot, mailst
     assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input), config=config).returncode == 0
 
     mike_before = snapshot(dovecot, "mike")
-    result = nsr(networker, "savegrp", "whole", config=config)
+    result = nsr(networker, "savegrp", "-G", "whole", config=config)
     assert result.returncode == 0, result.stderr
     saved = {r["path"] for r in standin.load_records() if r["asm"] == "imsasm" and r["complete"]}
     groups = {"amy": "groupA", "mike": "groupB", "9zed": "groupC"}
@@ -188,6 +194,8 @@ def test_asm_must_sit_beside_save_and_bad_paths_fail(mailstore, networker, tmp_p
     (Path(os.environ["NSR_RES"]) / "bad.res").write_text("type: savepnpc\nprecmd: x;\n")
     result = nsr(networker, "savepnpc", "-g", "bad", str(amy), config=config)
     assert result.returncode == 2 and "bad.res" in result.stderr
+    result = nsr(networker, "recover", "-a", "-d", str(tmp_path), str(amy / "INBOX"), config=config)
+    assert result.returncode == 2 and "relocating recover (-d) is not imitated" in result.stderr
     (amy / ".nsr").write_text('imsasm INBOX\n')
     result = nsr(networker, "save", str(amy), config=config)
     assert result.returncode == 2 and ".nsr:1" in result.stderr

@@ -425,6 +425,8 @@ def cmd_recover(args: list[str]) -> int:
     paths, options = _options(args, with_value="scdtiS", flags="afnq")
     if "a" not in options:
         raise StandinError("only automatic recovery (-a) is imitated")
+    if "d" in options:                # refused, not ignored: ignoring it would write the store
+        raise StandinError("a relocating recover (-d) is not imitated")
     records = [r for r in load_records() if r["complete"]]
     status = 0
     for raw in paths:

@@ -3,12 +3,17 @@ syntax as the stand-in reads it (no NetWorker)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from pathlib import Path
+
+import click
 
 import pytest
 from conftest import TESTS
 from hypothesis import given
+from click.testing import CliRunner
 from hypothesis import strategies as st
 
 from ims.asm.imsasm import PathMapper, parse_args
@@ -18,6 +23,7 @@ from ims.mkbackupdir.layout import folder_to_parts, parse, parts_to_folder
 from ims.mkbackupdir.tree import nsr_content, nsr_quote
 from ims.store.maildir import MaildirStore
 from ims.templates.imsconfig import nsr_quote as res_quote
+from ims.templates.imsconfig import command as imsconfig
 from ims.templates.imsconfig import render, split_by_size
 
 sys.path.insert(0, str(TESTS / "networker"))
@@ -208,3 +214,19 @@ def test_res_file_is_one_resource_every_field_ending_with_semicolon(tmp_path):
     assert standin.parse_res(res) == {"type": ["savepnpc"], "precmd": ["a", 'b "c"'],
                                       "pstcmd": ["/bin/true"], "timeout": ["3 hours"],
                                       "abort precmd with group": ["No"]}
+
+
+@pytest.mark.parametrize("name", [None, *sorted(imsconfig.commands)])
+def test_every_imsconfig_help_ends_with_examples_that_parse(name):
+    argv = [name] if name else []
+    result = CliRunner().invoke(imsconfig, [*argv, "--help"])
+    assert result.exit_code == 0
+    lines = result.output.rstrip().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.strip() == "Examples:")
+    examples = [line.strip() for line in lines[start + 1:]]
+    assert examples and all(e.startswith(" ".join(["imsconfig", *argv])) for e in examples)
+    for example in examples:
+        words = shlex.split(re.split(r"\s{2,}", example)[0])[1:]   # a note may follow
+        sub = imsconfig.commands[words[0]]
+        with sub.make_context(words[0], words[1:]) as ctx:    # options and values accepted
+            assert isinstance(ctx, click.Context)
