@@ -24,12 +24,12 @@ directory is $IMS_CONFIG_DIR (else /etc/ims).
 """
 
 EXAMPLES = """Examples:
+  # save amy's INBOX (NetWorker's save runs this for each placeholder)
   imsasm -s /backup/mailhost/groupA/amy/INBOX > amy-inbox.ims
-      save amy's INBOX (NetWorker's save runs this for each placeholder)
+  # restore what the stream holds of amy into the live store
   imsasm -r /backup/mailhost/groupA/amy < amy.ims
-      restore what the stream holds of amy into the live store
+  # keep the stream as a file in /var/tmp/r instead (recover -d); restore it with imsrestore
   imsasm -r -m /backup/mailhost=/var/tmp/r /backup/mailhost/groupA/amy < amy.ims
-      keep the stream as a file in /var/tmp/r instead (recover -d); restore it with imsrestore
 """
 
 

@@ -21,16 +21,14 @@ NetWorker saves through the imsasm ASM, or bring it in step with the store: new 
 folders are added, those that are gone removed, nothing else touched. The folders of
 local.store.backup.exclude get no placeholder (those they had are removed)."""
 
-EXAMPLES = """\b
-Examples:
-  mkbackupdir -v
-      build the tree in local.store.backupdir, or bring it in step, naming each change
-  mkbackupdir -p /backup -a site2asm
-      the tree in /backup, its .nsr files naming the ASM linked as site2asm"""
+EXAMPLES = """# build the tree in local.store.backupdir, or bring it in step, naming each change
+mkbackupdir -v
+# the tree in /backup, its .nsr files naming the ASM linked as site2asm
+mkbackupdir -p /backup -a site2asm"""
 
 
-@click.command(help=HELP, epilog=epilog() + "\n\n" + EXAMPLES,
-               context_settings={"help_option_names": ["--help"]})
+@click.command(help=HELP, epilog=epilog(examples=EXAMPLES),
+               context_settings={"help_option_names": ["--help"], "max_content_width": 100})
 @click.option("-p", "backupdir", metavar="DIR", help="The tree's root (default: local.store.backupdir).")
 @click.option("-a", "asm", default="imsasm", show_default=True, metavar="NAME",
               help="The ASM name written into the .nsr files (must end in 'asm').")

@@ -37,16 +37,3 @@ def test_header_of_a_directory_spanning_partitions(fresh_store, tmp_path):
     for user in (u.name for u in mixed.iterdir() if u.is_dir()):
         home = next(p.name for p in partitions.iterdir() if (p / user).is_dir())
         assert f"/{home}/" in listed and user in listed
-
-
-def test_help_ends_with_examples():
-    for command in ("imsasm", "mkbackupdir"):
-        text = run_cmd(command, "--help", check_rc=0).stdout.decode()
-        lines = [line.strip() for line in text.rstrip().splitlines()]
-        start = lines.index("Examples:")
-        assert start > [i for i, line in enumerate(lines) if line.startswith("Exit codes")][0]
-        examples = [line for line in lines[start + 1:] if line.startswith(command + " ")]
-        assert examples, command
-        # each example is followed by its one-line explanation
-        assert all(lines[lines.index(e) + 1] and not lines[lines.index(e) + 1].startswith(command)
-                   for e in examples), text

@@ -12,12 +12,16 @@ import pytest
 
 from conftest import run_cmd
 
+from ims.asm.imsasm import parse_args as imsasm_parse_args
+from ims.errors import UsageError
+
 # command -> the module holding its click command (None: not a click command)
 COMMANDS = {
     "imsbackup": "ims.cli.imsbackup",
     "imsrestore": "ims.cli.imsrestore",
     "configutil": "ims.cli.configutil",
     "reconstruct": "ims.cli.reconstruct",
+    "mkbackupdir": "ims.mkbackupdir.cli",
 }
 
 
@@ -54,3 +58,13 @@ def test_help_ends_with_examples_the_command_accepts(name):
             command.make_context(name, list(args), resilient_parsing=False)
         except click.UsageError as exc:
             raise AssertionError(f"{line!r}: {exc.format_message()}") from None
+
+
+def test_imsasm_help_ends_with_examples_it_accepts():
+    result = run_cmd("imsasm", "--help")
+    assert result.returncode == 0, result.stderr
+    for line in examples(result.stdout.decode()):
+        try:
+            imsasm_parse_args(invocation(line, "imsasm"))
+        except UsageError as exc:
+            raise AssertionError(f"{line!r}: {exc}") from None
