@@ -79,22 +79,33 @@ MKBACKUPDIR_PLACE = "@mkbackupdir"
 
 EXAMPLES = {
     "main": """Examples:
+  # the savepnpc .res file of the save group mailgroup
   imsconfig res --group mailgroup -o /nsr/res/mailgroup.res
+  # nsradmin input creating the NSR group and this host's NSR client
   imsconfig nsradmin --server nwserver --group mailgroup -o mailgroup.nsradmin""",
     "res": f"""Examples:
+  # mkbackupdir as the precmd, by its full path
   imsconfig res --group mailgroup --mkbackupdir /opt/ims/.venv/bin/mkbackupdir -o /nsr/res/mailgroup.res
+  # Sun's example: a command of your own first, then mkbackupdir
   imsconfig res --group mailgroup --precmd "echo mkbackupdir started" --precmd {MKBACKUPDIR_PLACE}""",
     "nsradmin": """Examples:
+  # one save set per backup group, saved in parallel; then: nsradmin -s nwserver -i mailgroup.nsradmin
   imsconfig nsradmin --server nwserver --group mailgroup -o mailgroup.nsradmin
+  # the backup directory as the only save set, one session
   imsconfig nsradmin --server nwserver --group mailgroup --save-sets single""",
     "groups": """Examples:
+  # four groups of first letters holding about the same amount of mail
   imsconfig groups --split 4 -o /etc/ims/backup-groups.conf
+  # groups from patterns
   imsconfig groups --pattern groupA='[a-l].*' --pattern groupB='[m-z].*'""",
     "show-groups": """Examples:
-  imsconfig show-groups                                  the installed backup-groups.conf
-  imsconfig show-groups --groups-file /tmp/new-groups.conf --no-users   a candidate, counts only
+  # the installed backup-groups.conf
+  imsconfig show-groups
+  # a candidate file, counts only
+  imsconfig show-groups --groups-file /tmp/new-groups.conf --no-users
   imsconfig show-groups --json""",
     "bacula": """Examples:
+  # the FileSets and Jobs for the director, included with @/etc/bacula/ims-mail.conf
   imsconfig bacula --client mailhost-fd --storage File1 --pool Full -o /etc/bacula/ims-mail.conf""",
 }
 
