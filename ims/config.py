@@ -6,7 +6,8 @@ before anything is done; any problem raises ``ConfigError`` naming the file and 
 
 Groups (DESIGN §3): a user belongs to the first group in file order whose regex matches the
 whole user ID.  ``user`` and ``ALL`` hold every user; ``ungrouped`` holds users that match no
-custom group, so that a group-wise backup never loses anyone.
+custom group, so that a group-wise backup never loses anyone.  Regexes are POSIX EREs with
+Python's additions: POSIX bracket classes are translated by ``ims.posixre``.
 """
 
 from __future__ import annotations

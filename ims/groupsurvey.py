@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ims.config import UNGROUPED, BackupGroups
+from ims.config import BackupGroups
 from ims.store.maildir import MaildirStore
 
 

@@ -4,6 +4,12 @@
 ``/P/G/U/F[/S...]`` a folder and its subfolders.  ``*`` as P means every partition.  A name
 without a leading ``/`` is a user ID, looked up on every partition.  Names are resolved in
 full before anything is written; the first that does not exist raises ``UnknownName``.
+``/P/X`` where X is no backup group but a user on P is that user (Sun's guide writes users
+so); a name both a group and a user is the group, with a warning naming the user's form.
+
+A custom group that a name covers but that holds no user on the partitions covered is listed
+in ``Scope.empty_groups`` and named in a warning (no mail is left out: its users, if any,
+are in an earlier group or ``ungrouped``).
 
 Exclusions (``local.store.backup.exclude``) apply to folders reached through a wider name;
 a folder named in full is always taken.  ``ignore_exclusions`` (imsbackup ``-x``) turns the
