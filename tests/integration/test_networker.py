@@ -174,6 +174,41 @@ def test_failing_precmd_means_no_save(mailstore, networker, tmp_path):
     assert standin.load_records() == []
 
 
+def test_relocated_recover_stores_the_stream_and_leaves_the_store_alone(dovecot, mailstore,
+                                                                       networker, tmp_path):
+    """recover -d DIR: the ASM is told -m SRC=DST; the mailbox's stream lands in DIR as an
+    archive file, the live store is not touched, and the command printed restores it."""
+    config, backup = mailstore["config"], mailstore["backup"]
+    run_cmd("imsconfig", "res", "--group", "reloc", "--mkbackupdir", command("mkbackupdir"),
+            "-o", str(Path(os.environ["NSR_RES"]) / "reloc.res"), config_dir=config, check_rc=0)
+    nsradmin_input = tmp_path / "reloc.nsradmin"
+    run_cmd("imsconfig", "nsradmin", "--server", "nwserver", "--group", "reloc", "--save-sets",
+            "single", "-o", str(nsradmin_input), config_dir=config, check_rc=0)
+    assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input),
+               config=config).returncode == 0
+    assert nsr(networker, "savegrp", "reloc", config=config).returncode == 0
+    before = snapshot(dovecot, "amy")
+    maildir = mailstore["partitions"]["primary"] / "amy" / "Maildir"
+    files_before = sorted(str(p.relative_to(maildir)) for p in maildir.rglob("*"))
+    inbox = backup / "mailhost" / "groupA" / "amy" / "INBOX"
+    target = tmp_path / "relocated"
+    result = nsr(networker, "recover", "-a", "-f", "-s", "nwserver", "-d", str(target), str(inbox),
+                 config=config)
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(maildir)) for p in maildir.rglob("*")) == files_before
+    stored = list(target.glob("*.ims"))
+    assert len(stored) == 1 and stored[0].stat().st_mode & 0o777 == 0o600
+    assert f"imsrestore -f {stored[0]}" in result.stderr
+
+    shutil.rmtree(maildir)
+    restored = run_cmd("imsrestore", "-f", str(stored[0]), config_dir=config)
+    assert restored.returncode == 0, restored.stderr
+    assert snapshot(dovecot, "amy")["INBOX"] == restored_whole(before)["INBOX"]
+    assert nsr(networker, "recover", "-a", "-f", "-s", "nwserver", str(inbox.parent),
+               config=config).returncode == 0
+    assert snapshot(dovecot, "amy") == restored_whole(before)
+
+
 def test_asm_must_sit_beside_save_and_bad_paths_fail(mailstore, networker, tmp_path):
     config = mailstore["config"]
     run_cmd("mkbackupdir", config_dir=config, check_rc=0)
@@ -194,8 +229,6 @@ def test_asm_must_sit_beside_save_and_bad_paths_fail(mailstore, networker, tmp_p
     (Path(os.environ["NSR_RES"]) / "bad.res").write_text("type: savepnpc\nprecmd: x;\n")
     result = nsr(networker, "savepnpc", "-g", "bad", str(amy), config=config)
     assert result.returncode == 2 and "bad.res" in result.stderr
-    result = nsr(networker, "recover", "-a", "-d", str(tmp_path), str(amy / "INBOX"), config=config)
-    assert result.returncode == 2 and "relocating recover (-d) is not imitated" in result.stderr
     (amy / ".nsr").write_text('imsasm INBOX\n')
     result = nsr(networker, "save", str(amy), config=config)
     assert result.returncode == 2 and ".nsr:1" in result.stderr
