@@ -69,6 +69,16 @@ def is_excluded(folder: str, exclusions: list[str]) -> bool:
     return any(in_folder(folder, excluded) for excluded in exclusions)
 
 
+def left_out(folder: str, exclusions: list[str], named_folders: set[str]) -> bool:
+    """True when an excluded folder covers ``folder`` and no name given reaches it from at
+    or below that excluded folder: naming ``Trash`` takes Trash and its subfolders, but
+    naming ``Archive`` does not take an excluded ``Archive/2024`` (a wider name)."""
+    return any(in_folder(folder, excluded)
+               and not any(in_folder(named, excluded) and in_folder(folder, named)
+                           for named in named_folders)
+               for excluded in exclusions)
+
+
 def select_folders(user_scope: UserScope, all_folders: list[str], exclusions: list[str]
                    ) -> tuple[list[str], list[str]]:
     """(folders to take, folders left out by the exclusion list) for one user."""
@@ -79,8 +89,7 @@ def select_folders(user_scope: UserScope, all_folders: list[str], exclusions: li
                 folder in user_scope.folders if user_scope.exact else
                 any(in_folder(folder, wanted) for wanted in user_scope.folders)):
             continue
-        named = any(in_folder(folder, named) for named in user_scope.named_folders)
-        if not named and is_excluded(folder, exclusions):
+        if left_out(folder, exclusions, user_scope.named_folders):
             excluded.append(folder)
             continue
         chosen.append(folder)
