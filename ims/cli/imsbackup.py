@@ -219,7 +219,8 @@ def _stage(store: MaildirStore, scope, directory: Path, jobs: int, blocking: int
                    "groups": [{"partition": g.partition, "group": g.group, "file": str(g.path),
                                "exit_code": g.exit_code, "bytes": g.bytes,
                                "seconds": round(g.seconds, 3), "error": g.error}
-                              for g in report.groups]}, to_stderr=False)
+                              for g in report.groups],
+                   "empty_groups": list(scope.empty_groups)}, to_stderr=False)
     return code
 
 

@@ -82,3 +82,13 @@ def test_job_state_levels(sample_store, tmp_path):
     assert end.returncode == 1 and b"did not succeed" in end.stderr
     assert run_cmd("imsbackup", "--job-begin", str(state), "--level", "Weekly",
                    config_dir=config).returncode == 2
+
+
+def test_staging_json_names_groups_matching_nobody(fresh_store, tmp_path):
+    config = fresh_store / "config"
+    (config / "backup-groups.conf").write_text("nobody=zzzz[[:digit:]]+\nrest=.*\n")
+    result = run_cmd("imsbackup", "--staging", str(tmp_path / "stage"), "--json", "/",
+                     config_dir=config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["empty_groups"] == ["nobody"]
+    assert b"nobody" in result.stderr
