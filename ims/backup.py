@@ -8,10 +8,10 @@ first copy; the table only holds such inodes, so memory grows with shared files,
 the store.
 
 Incremental (``since``): a folder whose ``cur/`` and ``new/`` have not changed since the
-date cannot hold a changed message, so it is not listed and its state member only says
-``unchanged_since``; in other folders a message is taken when its inode's ctime is at or
-after the date (delivery, COPY, flag-change rename and link() all set it).  That may take a
-few more messages, never fewer.
+date cannot hold a changed message, so it is not listed and has no member: its user member
+names it, with its identity, among the ``unchanged`` folders (format version 2).  In other
+folders a message is taken when its inode's ctime is at or after the date (delivery, COPY,
+flag-change rename and link() all set it).  That may take a few more messages, never fewer.
 
 The store is read by ``ims.readahead`` in a child process; this module writes what it sends,
 in order, and keeps the counts.
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import ims
 from ims.archive import format as fmt
-from ims.archive.records import ArchiveHeader, FolderRecord, UserRecord
+from ims.archive.records import ArchiveHeader, FolderRecord, UnchangedFolder, UserRecord
 from ims.archive.writer import ArchiveWriter
 from ims.config import Config
 from ims.names import Scope
@@ -105,7 +105,10 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
     writer.finish({
         "format": fmt.FORMAT_NAME,
         "complete": True,
-        "counts": {"users": report.users, "folders": report.folders,
+        # ``folders`` counts folder-state members (a reader checks it against those it
+        # read); the unchanged folders are entries of their users' members
+        "counts": {"users": report.users,
+                   "folders": report.folders - report.unchanged_folders,
                    "messages": report.messages, "links": report.links,
                    "bytes": report.bytes, "vanished": report.vanished,
                    "unchanged_folders": report.unchanged_folders},
@@ -133,14 +136,6 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
         elif isinstance(item, FolderItem):
             prefix = f"{item.partition}/{item.user}/{item.folder}/".encode("utf-8", "surrogateescape")
             member = prefix.decode("utf-8", "surrogateescape") + fmt.FOLDER_MEMBER
-            if item.unchanged:
-                writer.begin_folder(member, FolderRecord.encode_listed(
-                    item.partition, item.user, item.folder, since, None, None, None, [], None,
-                    None, item.identity), now)
-                writer.end_folder()
-                report.unchanged_folders += 1
-                report.folders += 1
-                continue
             if item.vanished:
                 report.vanished_folders += 1
                 report.warnings.append(f"{item.logical}: deleted during the backup (not in it)")
@@ -179,8 +174,11 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             writer.add_json(f"{item.partition}/{item.user}/{fmt.USER_MEMBER}", fmt.USER, UserRecord(
                 item.partition, item.user, item.group, item.info.uid, item.info.gid,
                 tuple(item.info.subscriptions), tuple(item.folders),
-                tuple(item.excluded)).encode(), now)
+                tuple(item.excluded), tuple(UnchangedFolder(*entry) for entry in item.unchanged),
+                since if item.unchanged else None).encode(), now)
             report.users += 1
+            report.unchanged_folders += len(item.unchanged)
+            report.folders += len(item.unchanged)
 
 
 def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, prefix: bytes,

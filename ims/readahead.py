@@ -7,8 +7,11 @@ hashes messages on the second core while the parent builds headers and writes th
 single-copy stream (one stream, so more processes may feed it, but only one writes it).
 
 The child (``ims.helper``) walks the scope in stream order and sends items over a socketpair
-(length-prefixed pickles): ``UserItem``, ``FolderItem``, then ``Batch``es of that folder's messages, then
-``FolderDone``.  Message data goes through a few fixed shared-memory slots; the parent sends
+(length-prefixed pickles): ``UserItem``, then per folder to read a ``FolderItem``,
+``Batch``es of that folder's messages and ``FolderDone``.  In an incremental, the folders in
+which nothing changed since the date are decided in the child before the ``UserItem`` and
+travel in it (name and identity): nothing else is sent, listed or opened for them.  Message
+data goes through a few fixed shared-memory slots; the parent sends
 a slot's number back when it has copied the batch, so memory is bounded by
 ``SLOTS x SLOT_SIZE`` whatever the store's size.  Single copy is decided in the child (it
 owns the table of inodes already read, in stream order), so a message whose data is already
@@ -53,6 +56,9 @@ class UserItem:
     folders: list[str]
     excluded: list[str]
     error: str | None = None
+    # incremental: (folder, identity) of each folder unchanged since the date, in the order
+    # of ``folders``; no FolderItem follows for them
+    unchanged: list[tuple[str, int | None]] = field(default_factory=list)
 
 
 # On the wire, messages and outcomes are plain tuples: pickling dataclasses cost more than
@@ -127,8 +133,7 @@ def wire_entry(entry: MessageEntry) -> tuple:
 
 @dataclass
 class FolderItem:
-    """A folder's state as listed (``messages`` are wire entries), or why it is missing, or
-    ``unchanged`` (incremental: nothing changed since the date, not listed)."""
+    """A folder's state as listed (``messages`` are wire entries), or why it is missing."""
 
     logical: str
     partition: str
@@ -136,7 +141,6 @@ class FolderItem:
     folder: str
     state: FolderState | None       # without its messages: they travel in ``messages``
     messages: list[tuple] = field(default_factory=list)
-    unchanged: bool = False
     error: str | None = None
     identity: int | None = None     # follows the folder through a rename (chain restores)
     refused: list[str] = field(default_factory=list)   # message names the archive cannot hold
@@ -271,25 +275,40 @@ class StoreReadAhead:
         refused += [(f, CANNOT_HOLD) for f in all_folders if not valid_folder(f)]
         all_folders = [f for f in all_folders if valid_folder(f)]
         folders, excluded = select_folders(user_scope, all_folders, self.exclusions)
-        self._put(UserItem(partition, user, group, info, folders, excluded))
+        unchanged, to_read = self._split_unchanged(partition, user, folders)
+        self._put(UserItem(partition, user, group, info, folders, excluded,
+                           unchanged=unchanged))
         for folder, why in refused:
             # named among the skipped items: the run exits 1, never silently short
             self._put(FolderItem(f"/{partition}/{group}/{user}/{folder}", partition, user,
                                  folder, None, error=why))
-        for folder in folders:
+        for folder in to_read:
             self._read_folder(partition, user, group, folder)
+
+    def _split_unchanged(self, partition: str, user: str, folders: list[str]
+                         ) -> tuple[list[tuple[str, int | None]], list[str]]:
+        """(unchanged folders with their identity, folders to read).  In an incremental a
+        folder whose ``cur/`` and ``new/`` did not change since the date has the state the
+        previous backup of the chain recorded: it is not listed, and costs the check alone
+        (this is what makes an incremental of an unchanged store cheap)."""
+        if self.since is None:
+            return [], folders
+        unchanged: list[tuple[str, int | None]] = []
+        to_read: list[str] = []
+        for folder in folders:
+            try:
+                same, identity = self.store.unchanged_since(partition, user, folder, self.since)
+            except OSError:
+                same, identity = False, None    # read: the read names what is wrong
+            if same:
+                unchanged.append((folder, identity))
+            else:
+                to_read.append(folder)
+        return unchanged, to_read
 
     def _read_folder(self, partition: str, user: str, group: str, folder: str) -> None:
         logical = f"/{partition}/{group}/{user}/{folder}"
         try:
-            if self.since is not None and not self.store.changed_since(partition, user, folder,
-                                                                      self.since):
-                # Its state is the one the previous backup of the chain recorded: not even
-                # listed (this is what makes an incremental of an unchanged store cheap).
-                self._put(FolderItem(logical, partition, user, folder, None, unchanged=True,
-                                     identity=self.store.folder_identity(partition, user,
-                                                                         folder)))
-                return
             reader = self.store.open_folder(partition, user, folder)
         except FileNotFoundError:
             # deleted over IMAP since the user's folders were listed: like an expunged

@@ -49,6 +49,21 @@ class Archive:
     def by_name(self) -> dict[str, Member]:
         return {m.name: m for m in self.members}
 
+    def unchanged_folders(self) -> list[tuple[str, str, str, int | None]]:
+        """(partition, user, folder, identity) of every folder an incremental records as
+        unchanged: version 2 in its user member's ``unchanged``, version 1 as a folder
+        member with ``unchanged_since``."""
+        found = []
+        for m in self.members:
+            body = m.json() if m.kind in ("user", "folder") else {}
+            if m.kind == "user":
+                found += [(body["partition"], body["user"], folder, identity)
+                          for folder, identity in body.get("unchanged") or ()]
+            elif m.kind == "folder" and body.get("unchanged_since") is not None:
+                found.append((body["partition"], body["user"], body["folder"],
+                              body.get("identity")))
+        return found
+
 
 def _octal(raw: bytes) -> int:
     text = raw.replace(b"\0", b"").strip()
@@ -136,8 +151,8 @@ def read_archive(stream: bytes, blocking_factor: int = 20) -> Archive:
             if kind != "header":
                 raise Incomplete("first member is not the archive header")
             header = member.json()
-            if header.get("format") != "ims-archive" or header.get("version") != 1:
-                raise Incomplete("not an ims-archive version 1 header")
+            if header.get("format") != "ims-archive" or header.get("version") not in (1, 2):
+                raise Incomplete("not an ims-archive version 1 or 2 header")
             if header.get("blocking_factor") != blocking_factor:
                 raise Incomplete(f"blocking factor {blocking_factor} does not match the"
                                  f" archive's {header.get('blocking_factor')}")

@@ -13,7 +13,11 @@ from ims.archive import limits
 
 BLOCK = 512
 FORMAT_NAME = "ims-archive"
-FORMAT_VERSION = 1
+# Version 2 keeps an incremental's unchanged folders in their user's record (version 1 gave
+# each a folder-state member).  A reader of version 1 refuses version 2 by its number rather
+# than miss those folders; this one reads both.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_BLOCKING_FACTOR = 20
 MAX_BLOCKING_FACTOR = 2048
 

@@ -597,9 +597,11 @@ def decode_header(body: dict[str, Any], device_name: str,
     and its record."""
     if body.get("format") != fmt.FORMAT_NAME:
         raise ArchiveDamaged(f"{device_name}: not an imsbackup archive")
-    if body.get("version") != fmt.FORMAT_VERSION:
-        raise ArchiveDamaged(f"{device_name}: archive format version"
-                             f" {body.get('version')} is not supported")
+    version = body.get("version")
+    if type(version) is not int or version not in fmt.READABLE_VERSIONS:
+        raise ArchiveDamaged(f"{device_name}: archive format version {version!r} is not"
+                             " supported (this reader reads versions "
+                             f"{', '.join(map(str, fmt.READABLE_VERSIONS))})")
     header = ArchiveHeader.decode(body, f"{device_name}: the archive header")
     if blocking_factor is not None and header.blocking_factor != blocking_factor:
         raise ArchiveDamaged(f"{device_name}: wrong blocking factor: the archive was"

@@ -253,6 +253,17 @@ class ArchiveHeader:
 
 # -- user ----------------------------------------------------------------------------------
 
+IDENTITY_MAX = 2**64 - 1
+
+
+class UnchangedFolder(NamedTuple):
+    """An incremental's folder in which nothing changed since its date (format version 2:
+    an entry of its user's record, not a member of its own)."""
+
+    folder: str
+    identity: int | None
+
+
 @dataclass(frozen=True)
 class UserRecord:
     partition: str
@@ -263,10 +274,19 @@ class UserRecord:
     subscriptions: tuple[str, ...]
     folders: tuple[str, ...]
     excluded_folders: tuple[str, ...] = ()
+    unchanged: tuple[UnchangedFolder, ...] = ()
+    unchanged_since: float | None = None        # set when ``unchanged`` is not empty
 
     @property
     def logical(self) -> str:
         return f"/{self.partition}/{self.group}/{self.user}"
+
+    def unchanged_states(self) -> list["FolderRecord"]:
+        """The unchanged folders as the folder states a version 1 archive had for them, so
+        that every reader handles them one way whichever version it reads."""
+        return [FolderRecord(self.partition, self.user, entry.folder, self.unchanged_since,
+                             None, None, None, (), None, identity=entry.identity)
+                for entry in self.unchanged]
 
     @classmethod
     def decode(cls, body: Mapping[str, Any], where: str) -> "UserRecord":
@@ -274,6 +294,8 @@ class UserRecord:
         subscriptions = body.get("subscriptions") or []
         if not isinstance(subscriptions, list) or not all(isinstance(s, str) for s in subscriptions):
             raise c.fail("subscriptions is not a list of names")
+        folders = c.names("folders", valid_folder, "folder")
+        unchanged = _unchanged_folders(c, folders)
         return cls(partition=c.name("partition", valid_partition, "partition"),
                    user=c.name("user", valid_user, "user"),
                    group=c.text("group", optional=True) or "",
@@ -281,13 +303,42 @@ class UserRecord:
                    gid=c.integer("gid", 0, 2**32 - 1, optional=True) or 0,
                    # a subscription to a name we could not restore is dropped, not an error
                    subscriptions=tuple(s for s in subscriptions if valid_folder(s)),
-                   folders=c.names("folders", valid_folder, "folder"),
-                   excluded_folders=c.strings("excluded_folders"))
+                   folders=folders,
+                   excluded_folders=c.strings("excluded_folders"),
+                   unchanged=unchanged,
+                   unchanged_since=c.number("unchanged_since", optional=not unchanged))
 
     def encode(self) -> dict[str, Any]:
-        return {"partition": self.partition, "user": self.user, "group": self.group,
+        body = {"partition": self.partition, "user": self.user, "group": self.group,
                 "uid": self.uid, "gid": self.gid, "subscriptions": list(self.subscriptions),
                 "folders": list(self.folders), "excluded_folders": list(self.excluded_folders)}
+        if self.unchanged:
+            body["unchanged_since"] = self.unchanged_since
+            body["unchanged"] = [[entry.folder, entry.identity] for entry in self.unchanged]
+        return body
+
+
+def _unchanged_folders(c: _Check, folders: tuple[str, ...]) -> tuple[UnchangedFolder, ...]:
+    """A user record's ``unchanged`` entries, each ``[folder, identity or null]``: a folder
+    of the record's ``folders``, listed once."""
+    known = set(folders)
+    seen: set[str] = set()
+    entries = []
+    for entry in c.entries("unchanged"):
+        if type(entry) is not list or len(entry) != 2:
+            raise c.fail(f"unchanged entry {entry!r} is not [folder, identity]")
+        folder, identity = entry
+        if not valid_folder(folder):
+            raise c.fail(f"invalid folder {folder!r} in unchanged")
+        if folder in seen:
+            raise c.fail(f"folder {folder!r} is listed twice in unchanged")
+        if folder not in known:
+            raise c.fail(f"unchanged folder {folder!r} is not among the user's folders")
+        seen.add(folder)
+        entries.append(UnchangedFolder(folder, c.integer(
+            f"identity of unchanged folder {folder!r}", 0, IDENTITY_MAX, optional=True,
+            value=identity)))
+    return tuple(entries)
 
 
 # -- folder state --------------------------------------------------------------------------
@@ -329,7 +380,7 @@ class FolderRecord:
         user = c.name("user", valid_user, "user")
         folder = c.name("folder", valid_folder, "folder")
         unchanged_since = c.number("unchanged_since", optional=True)
-        identity = c.integer("identity", 0, 2**64 - 1, optional=True)
+        identity = c.integer("identity", 0, IDENTITY_MAX, optional=True)
         if unchanged_since is not None:
             return cls(partition, user, folder, unchanged_since, None, None, None, (), None,
                        identity=identity)

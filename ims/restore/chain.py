@@ -144,6 +144,8 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                     chain.users.append(user)
                 else:
                     chain.earlier_users[(user.partition, user.user)] = user
+                for state in user.unchanged_states() if user is not None else ():
+                    _take_state(chain, state)     # format version 2: in the user's record
             elif kind == fmt.FOLDER:
                 folder_key = None
                 state: FolderRecord = member.record
@@ -152,20 +154,7 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                 # every folder of a selected user (the engine selects folders): a folder
                 # renamed between backups is found under its old name
                 folder_key = (state.partition, state.user, state.folder)
-                identity_key = (state.partition, state.user, state.identity)
-                known = chain.states.get(folder_key)
-                if state.unchanged and state.identity is not None \
-                        and identity_key in chain.by_identity \
-                        and (known is None or known.identity != state.identity):
-                    # renamed since its last listing: cur/ and new/ did not change, so the
-                    # backup saw nothing; the folder is the one with the same identity,
-                    # also when a folder deleted meanwhile had this name (identity wins)
-                    earlier = chain.by_identity[identity_key]
-                    chain.states[folder_key] = dataclasses.replace(earlier, folder=state.folder)
-                elif not state.unchanged or folder_key not in chain.states:
-                    chain.states[folder_key] = state
-                if not state.unchanged and state.identity is not None:
-                    chain.by_identity[identity_key] = state
+                _take_state(chain, state)
             elif kind == fmt.MESSAGE:
                 record: MessageRecord = member.record
                 if member.is_link:
@@ -182,6 +171,27 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                 chain.by_folder[(*folder_key, record.key)] = source
                 chain.by_user[(folder_key[0], folder_key[1], record.key)] = source
     return chain
+
+
+def _take_state(chain: MergedChain, state: FolderRecord) -> None:
+    """A folder state of a selected user, read in chain order: a listed state replaces the
+    one kept; an unchanged one keeps the earlier state, found by identity when the folder
+    was renamed."""
+    folder_key = (state.partition, state.user, state.folder)
+    identity_key = (state.partition, state.user, state.identity)
+    known = chain.states.get(folder_key)
+    if state.unchanged and state.identity is not None \
+            and identity_key in chain.by_identity \
+            and (known is None or known.identity != state.identity):
+        # renamed since its last listing: cur/ and new/ did not change, so the backup saw
+        # nothing; the folder is the one with the same identity, also when a folder deleted
+        # meanwhile had this name (identity wins)
+        earlier = chain.by_identity[identity_key]
+        chain.states[folder_key] = dataclasses.replace(earlier, folder=state.folder)
+    elif not state.unchanged or folder_key not in chain.states:
+        chain.states[folder_key] = state
+    if not state.unchanged and state.identity is not None:
+        chain.by_identity[identity_key] = state
 
 
 def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:

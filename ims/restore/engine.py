@@ -33,7 +33,8 @@ from typing import Any, Callable
 from ims.archive import format as fmt
 from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
                                decode_record)
-from ims.archive.records import FolderRecord, MessageRecord, TrailerRecord, UserRecord
+from ims.archive.records import (FolderRecord, MessageRecord, TrailerRecord, UserExtent,
+                                 UserRecord)
 from ims.errors import ArchiveDamaged, ExitCode, StoreLocked, most_serious
 from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, plan_folder,
                               plan_message_source, sibling_suffix)
@@ -430,6 +431,9 @@ class Engine:
             self.begin_folder(member.record, member.invalid)
         elif kind == fmt.USER:
             self.begin_user(member.record, member.invalid)
+            # an incremental's unchanged folders (format version 2): no member of their own
+            for state in member.record.unchanged_states() if member.record else ():
+                self.begin_folder(state)
         elif kind == fmt.TRAILER:
             self.end_user()
 
@@ -492,18 +496,48 @@ def feed_indexed(reader: ArchiveReader, trailer: TrailerRecord) -> Callable[[Eng
         for entry in trailer.users:
             if not user_selected(engine.options.patterns, entry.partition, entry.group, entry.user):
                 continue
-            member = reader.member_at(entry.offset)
-            if member is None or member.kind != fmt.USER:
-                raise ArchiveDamaged(f"{reader.device_name}: no user member at byte"
-                                     f" {entry.offset} as the index says")
-            reader.json_at(member)
-            decode_record(member)
+            member = _user_member(reader, entry)
             engine.member(member, reader.data_at)
             for extent in extents.get((entry.partition, entry.user), ()):
                 for member in reader.members_between(extent.offset, extent.end):
                     engine.member(member, reader.data_at)
             engine.end_user()
     return feed
+
+
+def _user_member(reader: ArchiveReader, entry: UserExtent) -> Member:
+    """The user member the trailer's ``users`` entry points to, its record decoded."""
+    member = reader.member_at(entry.offset)
+    if member is None or member.kind != fmt.USER:
+        raise ArchiveDamaged(f"{reader.device_name}: no user member at byte"
+                             f" {entry.offset} as the index says")
+    reader.json_at(member)
+    decode_record(member)
+    return member
+
+
+def indexed_folders(reader: ArchiveReader, trailer: TrailerRecord,
+                    patterns: tuple[Pattern, ...]) -> list[tuple[str, str, str, str]]:
+    """(partition, group, user, folder) of the folders a seekable archive holds, for the
+    check that every NAME selects something: the trailer's index, and the unchanged
+    folders of an incremental, which are in their user member only (read for the users a
+    NAME with a folder may select).  A user member that cannot be read adds nothing here:
+    the restore names it."""
+    groups = {(u.partition, u.user): u.group for u in trailer.users}
+    folders = [(f.partition, groups.get((f.partition, f.user), ""), f.user, f.folder)
+               for f in trailer.folders]
+    for entry in trailer.users:
+        if not any(p.folder is not None and p.user_matches(entry.partition, entry.group,
+                                                          entry.user) for p in patterns):
+            continue
+        try:
+            record = _user_member(reader, entry).record
+        except ArchiveDamaged:
+            continue
+        if record is not None:
+            folders += [(entry.partition, entry.group, entry.user, unchanged.folder)
+                        for unchanged in record.unchanged]
+    return folders
 
 
 def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:

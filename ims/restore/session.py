@@ -23,7 +23,7 @@ from ims.config import Config
 from ims.errors import ArchiveDamaged, ConfigError, UsageError
 from ims.restore import chain as chains
 from ims.restore.engine import (Decide, Engine, RestoreOptions, RestoreReport, feed_archive,
-                                feed_indexed, fetch_by_name)
+                                feed_indexed, fetch_by_name, indexed_folders)
 from ims.restore.refs import feed_refs
 from ims.restore.selection import accept_user_forms, not_in_archive, selects_users_only
 from ims.store.maildir import LayoutError, MaildirStore
@@ -91,11 +91,9 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
     trailer = reader.locate_trailer() if isinstance(reader, ArchiveReader) else None
     options, name_notes = with_user_forms(names, options, [trailer])
     if names and trailer is not None:
-        groups = {(u.partition, u.user): u.group for u in trailer.users}
         check_names(names, options.patterns,
                     [(u.partition, u.group, u.user) for u in trailer.users],
-                    [(f.partition, groups.get((f.partition, f.user), ""), f.user, f.folder)
-                     for f in trailer.folders], reader.device_name)
+                    indexed_folders(reader, trailer, options.patterns), reader.device_name)
     fetch = fetch_by_name(reader, trailer) if trailer is not None else None
     if trailer is not None and selects_users_only(options.patterns) and not options.list_only:
         feed = feed_indexed(reader, trailer)

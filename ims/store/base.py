@@ -91,9 +91,12 @@ class StoreReader(Protocol):
         another folder of the user that exists at the same time (Maildir: the inode of
         ``cur/``), so that a chain restore can follow a rename; None when unknown."""
 
-    def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
-        """False only when no message can have been stored, copied, renamed or expunged in
-        the folder since that time (so its state is the one a backup at that time saw)."""
+    def unchanged_since(self, partition: str, user: str, folder: str,
+                        since: float) -> tuple[bool, int | None]:
+        """(unchanged, identity): unchanged only when no message can have been stored,
+        copied, renamed or expunged in the folder since that time (so its state is the one a
+        backup at that time saw); then also its ``folder_identity``, taken from the same look
+        at the folder (an incremental checks every folder: it must cost no more than that)."""
 
 
 # -- the write side: what a restore needs from a store ---------------------------------------

@@ -326,7 +326,7 @@ class MaildirStore:
     def __init__(self, partitions: dict[str, Path], layout: str) -> None:
         self.partition_dirs = partitions
         self.layout = Layout(layout)
-        self._real_partitions: list[str] | None = None
+        self._partition_reals: dict[str, str] = {}     # partition -> with links resolved
         # directories reached through a followed link in this run, by (device, inode): a
         # second link to one of them is refused, so no mail is backed up twice
         self._followed: dict[tuple[int, int], str] = {}
@@ -334,6 +334,10 @@ class MaildirStore:
         # (device, inode) of each folder directory as listed: a directory swapped for a
         # link (or another directory) between the listing and the read is refused
         self._listed: dict[tuple[str, str, str], tuple[int, int]] = {}
+        # each folder's directory and the stat of its cur/, as the last ``folders`` call
+        # found them: an incremental's check of an unchanged folder then costs one more
+        # stat (new/), not a walk of the path again (kept for one user at a time)
+        self._cur: dict[tuple[str, str, str], tuple[str, os.stat_result]] = {}
 
     def partitions(self) -> list[str]:
         return sorted(self.partition_dirs)
@@ -355,11 +359,17 @@ class MaildirStore:
         except LayoutError:
             return False
 
+    def _partition_real(self, partition: str) -> str:
+        """The partition directory with links resolved, once per run (asked per user)."""
+        real = self._partition_reals.get(partition)
+        if real is None:
+            real = self._partition_reals[partition] = os.path.realpath(
+                self.partition_dirs[partition])
+        return real
+
     def _inside_store(self, real: str) -> bool:
-        if self._real_partitions is None:
-            self._real_partitions = [os.path.realpath(p) for p in self.partition_dirs.values()]
         return any(real == p or real.startswith(p.rstrip("/") + "/")
-                   for p in self._real_partitions)
+                   for p in map(self._partition_real, self.partition_dirs))
 
     def _link_verdict(self, path: Path, expected_real: str, what: str) -> str | None:
         """None when ``path`` is a plain directory or a link this backup follows; otherwise
@@ -391,7 +401,7 @@ class MaildirStore:
 
     def user_info(self, partition: str, user: str) -> UserInfo:
         root = self.maildir(partition, user)
-        partition_real = os.path.realpath(self.partition_dirs[partition])
+        partition_real = self._partition_real(partition)
         verdict = self._link_verdict(root, os.path.join(
             partition_real, os.path.relpath(root, self.partition_dirs[partition])), "the Maildir")
         if verdict:
@@ -414,7 +424,16 @@ class MaildirStore:
     def folders(self, partition: str, user: str) -> list[str]:
         """INBOX first, then every folder directory that holds a ``cur/``, sorted by name."""
         root = self.maildir(partition, user)
-        found: list[str] = [INBOX] if (root / "cur").is_dir() else []
+        self._cur = {}
+        found: list[str] = []
+        try:
+            cur = os.stat(root / "cur")
+            if stat.S_ISDIR(cur.st_mode):
+                found.append(INBOX)
+                self._cur[(partition, user, INBOX)] = (str(root), cur)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise               # only a missing cur/ means there is no INBOX
         names: list[str] = []
         refused: list[tuple[str, str]] = []
         root_real = os.path.realpath(root)
@@ -424,7 +443,8 @@ class MaildirStore:
                         or len(entry.name) < 2 or not entry.is_dir()):
                     continue
                 try:
-                    if not stat.S_ISDIR(os.stat(os.path.join(entry.path, "cur")).st_mode):
+                    cur = os.stat(os.path.join(entry.path, "cur"))
+                    if not stat.S_ISDIR(cur.st_mode):
                         continue
                 except (FileNotFoundError, NotADirectoryError):
                     continue
@@ -441,6 +461,7 @@ class MaildirStore:
                         continue
                 seen = entry.stat()
                 self._listed[(partition, user, name)] = (seen.st_dev, seen.st_ino)
+                self._cur[(partition, user, name)] = (entry.path, cur)
                 names.append(name)
         if refused:
             self._refused[(partition, user)] = refused
@@ -466,15 +487,25 @@ class MaildirStore:
         except OSError:
             return None
 
-    def changed_since(self, partition: str, user: str, folder: str, since: float) -> bool:
+    def unchanged_since(self, partition: str, user: str, folder: str,
+                        since: float) -> tuple[bool, int | None]:
         # Delivery, COPY, a flag change (rename), new/ -> cur/ and expunge all change cur/ or
         # new/.  The folder directory itself is not looked at: Dovecot touches it with every
-        # index write, which would make every folder a client opened look changed.
-        directory = self.folder_dir(partition, user, folder)
-        for sub in ("cur", "new"):
-            try:
-                if os.stat(directory / sub).st_ctime >= since:
-                    return True
-            except FileNotFoundError:
-                return True
-        return False
+        # index write, which would make every folder a client opened look changed.  cur/ as
+        # the listing saw it will do: the listing came after the date, so a change between
+        # the two shows in its ctime, and a later one is after this backup's start (which
+        # the next incremental's date covers).
+        listed = self._cur.get((partition, user, folder))
+        try:
+            if listed is None:
+                directory = str(self.folder_dir(partition, user, folder))
+                cur = os.stat(os.path.join(directory, "cur"))
+            else:
+                directory, cur = listed
+            if cur.st_ctime >= since or os.stat(os.path.join(directory, "new")).st_ctime >= since:
+                return False, None
+        except FileNotFoundError:
+            return False, None          # read as changed: the read says what happened to it
+        # not opened in this run: its listing facts are of no more use
+        self._listed.pop((partition, user, folder), None)
+        return True, cur.st_ino

@@ -30,6 +30,8 @@ def encode(name: str) -> str:
 
 
 def decode(name: str) -> str:
+    if "&" not in name and name.isascii() and name.isprintable():
+        return name         # most names, checked in C (an incremental decodes every one)
     out: list[str] = []
     i = 0
     while i < len(name):

@@ -464,8 +464,12 @@ class Mutator:
                 field_name = rng.choice(("partition", "user", "folder"))
                 rng.choice(entries)[field_name] = name
             elif item.kind == fmt.USER and rng.random() < 0.3:
-                field_name = rng.choice(("folders", "subscriptions"))
-                body[field_name] = list(body.get(field_name) or []) + [name]
+                # ``unchanged`` entries are [folder, identity] (an incremental's unchanged
+                # folders, format version 2)
+                field_name = rng.choice(("folders", "subscriptions", "unchanged"))
+                entry = [name, rng.choice((None, 1, 2**64))] if field_name == "unchanged" \
+                    else name
+                body[field_name] = list(body.get(field_name) or []) + [entry]
             else:
                 field_name = rng.choice(("partition", "user", "folder") if item.kind == fmt.FOLDER
                                         else ("partition", "user", "group"))
