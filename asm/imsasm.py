@@ -378,7 +378,9 @@ def recover(request: AsmRequest, config: Config, store: MaildirStore, in_fd: int
     with _recover_filter(filter_command, in_fd) as stream_fd:
         if relocation is not None and not request.dry_run:
             labels = [str(target.relative) for target in targets]
-            return _relocate(relocation, labels, patterns, stream_fd, say)
+            keep_out_of = tuple(config.msg.partitions().values()) + (
+                (mapper.backupdir,) if mapper.backupdir is not None else ())
+            return _relocate(relocation, labels, patterns, stream_fd, say, keep_out_of)
         reader = ArchiveReader(stream_fd, "the recover stream", None)
         options = RestoreOptions(patterns=patterns, list_only=request.dry_run)
         emit = say if request.verbose else None
@@ -436,12 +438,14 @@ def _check_relocation(relocation: Relocation, paths: list[str]) -> None:
 
 
 def _relocate(relocation: Relocation, labels: list[str], patterns: tuple[Pattern, ...],
-              in_fd: int, say: Callable[[str], None]) -> int:
+              in_fd: int, say: Callable[[str], None], keep_out_of: tuple[Path, ...]) -> int:
     """Store the recover stream as an archive file in the relocation's target, checked as
     it is stored (imsrestore --where's code: 0600, exclusive, never through a link; a cut or
     damaged stream raises ArchiveDamaged and stays as NAME.partial), and name the
-    imsrestore command that restores it.  Nothing in the store is touched."""
-    stored = store_stream(in_fd, "the recover stream", relocation.target, tuple(labels), None)
+    imsrestore command that restores it.  Nothing in the store is touched, and the target
+    may not lie in the store or the placeholder tree."""
+    stored = store_stream(in_fd, "the recover stream", relocation.target, tuple(labels), None,
+                          keep_out_of)
     names = [name for name in (pattern_name(p) for p in patterns) if name]
     command = " ".join(shlex.quote(word) for word in ["imsrestore", "-f", str(stored), *names])
     say(f"imsasm: recover stream stored as {stored}; nothing in the store was changed;"

@@ -399,7 +399,8 @@ class ArchiveReader:
                 self.read_header()
             record = fmt.BLOCK * (self.blocking_factor or fmt.DEFAULT_BLOCKING_FACTOR)
             raise UsageError(f"{self.device_name}: {purpose} needs the archive as a file, and a"
-                             " tape is read only in order; rewind it and copy the archive to a"
+                             " tape or other device is read only in order; rewind it and copy"
+                             " the archive to a"
                              f" file first: dd if={self.device_name} of=FILE bs={record},"
                              " then use -f FILE")
         raise UsageError(f"{self.device_name}: {purpose} needs the archive as a file, and a pipe"

@@ -15,7 +15,7 @@ from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader
 from ims.cli.common import (CommandResult, Seconds, config_dir_option, emit_json, epilog, run,
                             setup_debug_log, warn)
-from ims.config import Config
+from ims.config import MSG_CONF, Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import DeviceError, ExitCode, UsageError
 from ims.names import validate_encoding
@@ -129,7 +129,13 @@ def command(devices: tuple[str, ...], blocking: int | None, answer: str | None, 
     started = time.monotonic()
 
     if where not in (None, "", "/"):
-        target = store_stream(fd, device_name, Path(where), names, blocking)
+        # a host without a store (only keeping streams) has no configuration: nothing to
+        # keep out of then
+        directory = config_dir_path(config_dir)
+        partitions = Config.load(directory).msg.partitions() if (directory / MSG_CONF).exists() \
+            else {}
+        target = store_stream(fd, device_name, Path(where), names, blocking,
+                              keep_out_of=tuple(partitions.values()))
         click.echo(f"{PROG}: archive stored as {target}; restore with: imsrestore -f {target}"
                    f" {' '.join(names)}".rstrip(), err=True)
         if as_json:

@@ -292,8 +292,9 @@ def test_where_good_stream_is_private(fresh_store, tmp_path):
 
 def test_where_does_not_follow_a_planted_partial_link(fresh_store, tmp_path):
     """A symlink planted at the ``.partial`` name made imsrestore write the stream into the
-    file it names.  Expected: the link is removed (never followed), the file outside keeps
-    its content, the archive is stored."""
+    file it names.  Expected: the link is never followed (nor removed: a partial name that
+    is taken is another run's), the file outside keeps its content, the archive is stored
+    under the next free name."""
     data = backup_stream(fresh_store)
     side = tmp_path / "side"
     side.mkdir()
@@ -302,7 +303,9 @@ def test_where_does_not_follow_a_planted_partial_link(fresh_store, tmp_path):
     os.symlink(victim, side / (name + ".partial"))
     run_cmd("imsrestore", "-f", "-", "--where", str(side), "/primary", input=data, check_rc=0)
     assert_victim_intact(victim)
-    assert (side / name).read_bytes() == data and not (side / name).is_symlink()
+    stored = side / name.replace(".ims", "-2.ims")
+    assert stored.read_bytes() == data and not stored.is_symlink()
+    assert not (side / name).exists() and (side / (name + ".partial")).is_symlink()
 
 
 # -- imsasm -r: names that match nothing -------------------------------------------------------
