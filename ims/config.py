@@ -2,7 +2,9 @@
 
 ``msg.conf`` holds ``key = value`` lines under configutil's dotted names, ``#`` comments and
 blank lines.  ``backup-groups.conf`` holds ``group=regex`` lines.  Both are parsed in full
-before anything is done; any problem raises ``ConfigError`` naming the file and line.
+before anything is done; any problem raises ``ConfigError`` naming the file and line.  They
+are read as regular files only, never blocking (a FIFO given as ``--groups-file``) and at
+most ``CONFIG_LIMIT`` bytes (``/dev/zero``); msg.conf is written by ``ims.outputfile``.
 
 Groups (DESIGN §3): a user belongs to the first group in file order whose regex matches the
 whole user ID.  ``user`` and ``ALL`` hold every user; ``ungrouped`` holds users that match no
@@ -12,18 +14,21 @@ Python's additions: POSIX bracket classes are translated by ``ims.posixre``.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ims.errors import ConfigError
+from ims.outputfile import write_file
 from ims.posixre import translate
+from ims.store.files import read_regular
 
 DEFAULT_CONFIG_DIR = "/etc/ims"
+CONFIG_LIMIT = 1 << 20          # far above any real msg.conf or backup-groups.conf
 MSG_CONF = "msg.conf"
 GROUPS_CONF = "backup-groups.conf"
 
@@ -41,6 +46,23 @@ DEFAULTS = {
 }
 
 
+def read_config_file(path: Path) -> str:
+    """A configuration file's text: a regular file (through the administrator's links), read
+    without blocking and up to ``CONFIG_LIMIT`` bytes.  ``FileNotFoundError`` passes through;
+    anything else is a ``ConfigError`` naming the file."""
+    try:
+        return read_regular(path, limit=CONFIG_LIMIT, follow_links=True).decode("utf-8")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ConfigError(f"{path}: cannot read: larger than {CONFIG_LIMIT} bytes,"
+                              " not a configuration file") from None
+        raise ConfigError(f"{path}: cannot read: {_reason(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: {_reason(exc)}") from None
+
+
 def config_dir(explicit: str | None = None) -> Path:
     """``--config-dir``, else ``$IMS_CONFIG_DIR``, else ``/etc/ims``."""
     return Path(explicit or os.environ.get("IMS_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
@@ -56,13 +78,11 @@ class MsgConf:
     @classmethod
     def load(cls, path: Path, missing_ok: bool = False) -> "MsgConf":
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_config_file(path)
         except FileNotFoundError:
             if missing_ok:
                 return cls(path)
             raise ConfigError(f"{path}: configuration file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {_reason(exc)}") from None
         values: dict[str, str] = {}
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
@@ -95,7 +115,7 @@ class MsgConf:
     def save(self) -> None:
         """Rewrite the file atomically, keeping comments and the order of existing lines."""
         try:
-            old_lines = self.path.read_text(encoding="utf-8").splitlines()
+            old_lines = read_config_file(self.path).splitlines()
         except FileNotFoundError:
             old_lines = []
         pending = dict(self.values)
@@ -109,14 +129,7 @@ class MsgConf:
             # a key no longer in values was unset: drop its line
         lines.extend(f"{k} = {v}" for k, v in pending.items())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".msg.conf.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write("\n".join(lines) + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_file(str(self.path), ("\n".join(lines) + "\n").encode("utf-8"))
 
     # -- typed accessors -------------------------------------------------------------
 
@@ -130,8 +143,12 @@ class MsgConf:
         return dict(sorted(result.items()))
 
     def exclusions(self) -> list[str]:
+        """The folders of local.store.backup.exclude.  A trailing ``/`` (``Trash/``, as a
+        directory is often written) is dropped: no folder name ends in ``/``, so the name
+        as written would exclude nothing, silently."""
         raw = self.get("local.store.backup.exclude") or ""
-        return [name for name in (part.strip() for part in raw.split("%")) if name]
+        return [name for name in (part.strip().rstrip("/").strip() for part in raw.split("%"))
+                if name]
 
     def servername(self) -> str:
         return self.get("local.store.backup.servername") or socket.gethostname().split(".")[0]
@@ -171,13 +188,11 @@ class BackupGroups:
     def load(cls, path: Path, missing_ok: bool = True) -> "BackupGroups":
         """The file's groups; none (only ``ALL``) when it is missing and ``missing_ok``."""
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_config_file(path)
         except FileNotFoundError:
             if not missing_ok:
                 raise ConfigError(f"{path}: backup groups file not found") from None
             return cls(None)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {_reason(exc)}") from None
         return cls.parse(text, path)
 
     @classmethod

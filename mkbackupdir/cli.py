@@ -19,7 +19,9 @@ PROG = "mkbackupdir"
 HELP = """Build the placeholder tree <backupdir>/<server>/<group>/<user>/<mailbox> that
 NetWorker saves through the imsasm ASM, or bring it in step with the store: new users and
 folders are added, those that are gone removed, nothing else touched. The folders of
-local.store.backup.exclude get no placeholder (those they had are removed)."""
+local.store.backup.exclude get no placeholder (those they had are removed). Every backup
+group has its directory, users or not; one made for a group new to an existing tree is
+named, with exit 1: the NSR client must get it as a save set."""
 
 EXAMPLES = """# build the tree in local.store.backupdir, or bring it in step, naming each change
 mkbackupdir -v
@@ -74,6 +76,12 @@ def command(backupdir: str | None, asm: str, inbox_only: bool, folders_only: boo
         warn(PROG, f"{len(report.long_names)} save-set name(s) are longer than {SAVE_SET_LIMIT}"
              f" characters, the limit of older NetWorker releases (use a shorter -p), e.g."
              f" {report.long_names[0]}")
+    for path in report.new_groups:
+        # NetWorker saves only the NSR client's save sets: until this directory is one, its
+        # users' mail is not saved, and savegrp still ends well -- so the run exits 1
+        warn(PROG, f"{path}: a new backup group's directory, not yet a save set of the NSR"
+             " client: its users are not saved until it is added (imsconfig nsradmin, then"
+             " nsradmin; not needed when the save set is the backup directory itself)")
     for error in report.errors:
         warn(PROG, f"could not list {error}; its placeholders are kept as they were")
     for problem in report.problems:
@@ -83,7 +91,8 @@ def command(backupdir: str | None, asm: str, inbox_only: bool, folders_only: boo
                f" {len(report.removed)} removed"
                + (f", {len(report.excluded)} folder(s) left out by local.store.backup.exclude"
                   if report.excluded else ""), err=True)
-    raise CommandResult(ExitCode.SKIPPED if report.errors or report.problems else ExitCode.OK)
+    raise CommandResult(ExitCode.SKIPPED if report.errors or report.problems or report.new_groups
+                        else ExitCode.OK)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,10 @@ a ``.nsr`` in every directory that holds placeholders, naming them for the ASM â
 changes only what differs: new placeholders are created, those of users and folders that
 are gone, or left out by ``local.store.backup.exclude`` (as imsbackup leaves them out of a
 user), are removed (with directories left empty), ``.nsr`` files are rewritten only when
-their content changes.  Each placeholder's mtime is set to its mailbox's last change (the
+their content changes.  Every group of the configuration has its directory, users or not
+(each is a save set of the NSR client: a user who joins an empty group must land in one);
+a group directory made in a tree that existed before is reported (``new_groups``), since
+the NSR client does not have it as a save set yet.  Each placeholder's mtime is set to its mailbox's last change (the
 newest ctime of its ``cur/`` and ``new/``), so that NetWorker's incremental levels save the
 mailboxes that changed; nothing else is touched.  It is safe to run as a savepnpc precmd
 every night.
@@ -65,6 +68,7 @@ class TreeReport:
     problems: list[str] = field(default_factory=list)    # refused or failed, one line each
     ungrouped: list[str] = field(default_factory=list)
     groups_used: set[str] = field(default_factory=set)
+    new_groups: list[str] = field(default_factory=list)  # group directories new to a tree
 
 
 def nsr_quote(name: str) -> str:
@@ -160,14 +164,21 @@ def sync_tree(config: Config, store: MaildirStore, options: TreeOptions, owner: 
         if len(str(path)) > SAVE_SET_LIMIT:
             report.long_names.append(str(path))
     report.placeholders = len(placeholders)
+    groups = config.groups.names()
+    for group in groups:                # made and kept even while empty
+        by_dir.setdefault((group,), [])
     base_fd = _open_backupdir(options.backupdir, owner)
     try:
+        tree_existed = _exists(base_fd, options.server)
         root_fd = _open_dir(base_fd, options.server, root, owner)
     except Refused as exc:
         report.problems.append(str(exc))
         return report
     finally:
         os.close(base_fd)
+    # a group directory made now in an existing tree is a group new to the configuration;
+    # in a new tree every directory is new and the save sets are made after it
+    before = set(os.listdir(root_fd)) if tree_existed else set(groups)
     dirs = _DirPath(root_fd, root, owner)
     try:
         for relative in sorted(by_dir):
@@ -194,7 +205,9 @@ def sync_tree(config: Config, store: MaildirStore, options: TreeOptions, owner: 
                         report.nsr_written += 1
                 except OSError as exc:
                     report.problems.append(f"{directory / NSR_FILE}: {exc.strerror}")
-        _remove_stale(root_fd, root, placeholders, nsr, protected, report)
+        report.new_groups = [str(root / group) for group in groups
+                             if group not in before and (group,) not in dirs.refused]
+        _remove_stale(root_fd, root, placeholders, nsr, protected, {(g,) for g in groups}, report)
     finally:
         dirs.close()
         os.close(root_fd)
@@ -274,6 +287,14 @@ def _open_dir(parent: int, name: str, path: Path, owner: Owner) -> int:
             os.close(fd)
             raise
     return fd
+
+
+def _exists(parent: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _is_link(parent: int, name: str) -> bool:
@@ -397,14 +418,15 @@ def _read_nsr(dir_fd: int, limit: int) -> bytes | None:
 
 
 def _remove_stale(root_fd: int, root: Path, placeholders: dict[Path, float | None],
-                  nsr: dict[Path, list[str]], protected: set[Path], report: TreeReport) -> None:
-    """Remove what stands for mailboxes and users that are gone (bottom-up); ``os.fwalk``
-    never enters a link, and every removal is by name in a directory descriptor, which
-    never follows one either."""
+                  nsr: dict[Path, list[str]], protected: set[Path],
+                  group_dirs: set[tuple[str, ...]], report: TreeReport) -> None:
+    """Remove what stands for mailboxes and users that are gone (bottom-up), and the
+    directories left empty, except ``group_dirs``; ``os.fwalk`` never enters a link, and
+    every removal is by name in a directory descriptor, which never follows one either."""
     wanted = {_relative(p, root) for p in placeholders}
     nsr_dirs = {_relative(d, root) for d in nsr}
     guarded = [_relative(p, root) for p in protected]
-    keep_dirs: set[tuple[str, ...]] = {()}
+    keep_dirs: set[tuple[str, ...]] = {(), *group_dirs}
     for parts in wanted:
         keep_dirs.update(parts[:i] for i in range(1, len(parts)))
 

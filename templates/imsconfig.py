@@ -8,14 +8,16 @@
 NSR resource values are always written in double quotes with ``\\`` and ``"`` escaped.  A
 line ending in ``,``, ``;`` or ``\\`` continues on the next (nsr_resource(5)): so in the .res
 file, one resource, every field ends with ``;``, and in the nsradmin input each command's
-last attribute has none.  Failure behaviour: bad arguments exit 2;
-an output file is written through a temporary name and renamed.
+last attribute has none.  Failure behaviour: bad arguments exit 2 (a value holding a control
+character, which would end or corrupt a resource line, included); an output file is written
+by ``ims.outputfile`` (a temporary file created exclusively, renamed; links of other users
+refused).
 """
 
 from __future__ import annotations
 
-import os
 import re
+import shlex
 import string
 import sys
 from pathlib import Path
@@ -28,17 +30,53 @@ from ims.config import BackupGroups, Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import ConfigError, ExitCode, UsageError
 from ims.groupsurvey import mail_size, survey
+from ims.outputfile import write_file
 from ims.store.maildir import LayoutError, MaildirStore
 
 PROG = "imsconfig"
 ALPHABET = string.digits + string.ascii_lowercase
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NSR_GROUP_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
 def nsr_quote(value: object) -> str:
     text = str(value)
-    if "\n" in text:
-        raise UsageError(f"an NSR attribute value cannot span lines: {text!r}")
+    if _CONTROL.search(text):
+        # the options are checked first (check_text names them); this is the last guard
+        raise UsageError(f"an NSR attribute value cannot hold a control character: {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_text(what: str, value: str | None) -> None:
+    """Refuse a value holding a control character (``\\r``, ``\\n``, NUL, ...): in a resource
+    file it would end the line or read as something else.  ``what`` names the option."""
+    if value is not None and _CONTROL.search(value):
+        raise UsageError(f"{what} {value!r}: holds a control character")
+
+
+def check_group(group: str) -> None:
+    """The NetWorker group: the .res file is named after it, so one rule for every command."""
+    check_text("--group", group)
+    if not _NSR_GROUP_NAME.fullmatch(group):
+        raise UsageError(f"--group {group!r}: a NetWorker group name is letters, digits, . _ -")
+
+
+def backup_root(given: str | None, config_dir: str | None, config: Config | None = None) -> str:
+    """The placeholder tree's root: ``--backupdir``, else local.store.backupdir (of
+    ``config``, else of the configuration loaded from ``config_dir``)."""
+    if given is not None:
+        check_text("--backupdir", given)
+        if not given:
+            raise UsageError("--backupdir '': an empty directory name")
+        return given
+    config = config or Config.load(config_dir_path(config_dir))
+    root = config.msg.get("local.store.backupdir")
+    if not root:
+        raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
+    check_text(f"{config.msg.path}: local.store.backupdir", root)
+    return root
 
 
 def environment() -> jinja2.Environment:
@@ -57,13 +95,7 @@ def write_output(text: str, output: str | None) -> None:
     if output in (None, "-"):
         click.echo(text, nl=False)
         return
-    path = Path(output)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    except OSError as exc:
-        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+    write_file(output, text.encode("utf-8"))
 
 
 def load(config_dir: str | None, groups_file: str | None = None) -> tuple[Config, MaildirStore]:
@@ -139,19 +171,36 @@ def command() -> None:
 def res_command(group: str, mkbackupdir_path: str, backupdir: str | None, precmd: tuple[str, ...],
                 pstcmd: tuple[str, ...], timeout: str | None, abort_precmd_with_group: str | None,
                 output: str | None, config_dir: str | None) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", group):
-        raise UsageError(f"--group {group!r}: a NetWorker group name is letters, digits, . _ -")
-    if backupdir is None:
-        config = Config.load(config_dir_path(config_dir))
-        backupdir = config.msg.get("local.store.backupdir")
-        if not backupdir:
-            raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
-    text = render("savepnpc.res.j2", precmds=precmds(precmd, f"{mkbackupdir_path} -p {backupdir}"),
+    check_group(group)
+    check_commands(mkbackupdir_path, precmd, pstcmd)
+    check_text("--timeout", timeout)
+    backupdir = backup_root(backupdir, config_dir)
+    # savepnpc runs a precmd through a shell: each word quoted, so a path with a space or a
+    # shell character stays one word
+    run_mkbackupdir = shlex.join([mkbackupdir_path, "-p", backupdir])
+    text = render("savepnpc.res.j2", precmds=precmds(precmd, run_mkbackupdir),
                   pstcmds=list(pstcmd) or ["/bin/true"], timeout=timeout,
                   abort_precmd_with_group=None if abort_precmd_with_group is None
                   else abort_precmd_with_group == "yes")
     write_output(text, output)
     raise CommandResult(ExitCode.OK)
+
+
+def check_commands(mkbackupdir_path: str, precmd: tuple[str, ...], pstcmd: tuple[str, ...]) -> None:
+    """Refuse what savepnpc would run as something other than meant: an empty command, and a
+    word starting with '@' that is not exactly the placeholder (``'@mkbackupdir '`` would be
+    run as a command of that name, and mkbackupdir then first, not where it was put)."""
+    check_text("--mkbackupdir", mkbackupdir_path)
+    if not mkbackupdir_path.strip():
+        raise UsageError("--mkbackupdir '': an empty command")
+    for option, commands in (("--precmd", precmd), ("--pstcmd", pstcmd)):
+        for command in commands:
+            check_text(option, command)
+            if not command.strip():
+                raise UsageError(f"{option} {command!r}: an empty command")
+            if command.startswith("@") and (option == "--pstcmd" or command != MKBACKUPDIR_PLACE):
+                raise UsageError(f"{option} {command!r}: only --precmd {MKBACKUPDIR_PLACE}, exactly,"
+                                 " may start with '@' (it stands for mkbackupdir's precmd)")
 
 
 def precmds(given: tuple[str, ...], run_mkbackupdir: str) -> list[str]:
@@ -178,36 +227,38 @@ def precmds(given: tuple[str, ...], run_mkbackupdir: str) -> list[str]:
 @click.option("--remote-access", default="", help="user@host allowed to recover.")
 @click.option("--backupdir", help="The placeholder tree's root (default: local.store.backupdir).")
 @click.option("--save-sets", type=click.Choice(["groups", "single"]), default="groups",
-              show_default=True, help="groups: one save set per group directory, saved in"
-              " parallel; single: the backup directory alone, one session.")
+              show_default=True, help="groups: one save set per backup group (each group of"
+              " backup-groups.conf and ungrouped; ALL without the file), saved in parallel;"
+              " single: the backup directory alone, one session.")
 @click.option("-o", "output", metavar="FILE", help="Write to FILE (default: stdout).")
 @config_dir_option
 def nsradmin_command(server: str, client: str | None, group: str, schedule: str,
                      browse_policy: str, retention_policy: str, parallelism: int,
                      start_time: str, remote_access: str, backupdir: str | None,
                      save_sets: str, output: str | None, config_dir: str | None) -> None:
-    config, store = load(config_dir)
-    root = backupdir or config.msg.get("local.store.backupdir")
-    if not root:
-        raise ConfigError(f"{config.msg.path}: local.store.backupdir is not set; give --backupdir")
+    check_group(group)
+    for option, value in (("--server", server), ("--client", client), ("--schedule", schedule),
+                          ("--browse-policy", browse_policy),
+                          ("--retention-policy", retention_policy),
+                          ("--start-time", start_time), ("--remote-access", remote_access)):
+        check_text(option, value)
+    config = Config.load(config_dir_path(config_dir))
+    root = backup_root(backupdir, config_dir, config)
+    servername = config.msg.servername()
+    check_text(f"{config.msg.path}: local.store.backup.servername", servername)
     if save_sets == "single":                  # Sun: "for a single session backup, use /backup"
         paths = [root]
     else:
-        server_dir = Path(root) / config.msg.servername()
-        paths = [str(server_dir / name) for name in group_directories(config, store)]
-    text = render("nsradmin.j2", server=server, client=client or config.msg.servername(),
+        # every group of the configuration, users or not: mkbackupdir keeps a directory for
+        # each, and a user who joins a group that had none is then already in a save set
+        server_dir = Path(root) / servername
+        paths = [str(server_dir / name) for name in config.groups.names()]
+    text = render("nsradmin.j2", server=server, client=client or servername,
                   group=group, save_sets=paths, schedule=schedule,
                   browse_policy=browse_policy, retention_policy=retention_policy,
                   parallelism=parallelism, start_time=start_time, remote_access=remote_access)
     write_output(text, output)
     raise CommandResult(ExitCode.OK)
-
-
-def group_directories(config: Config, store: MaildirStore) -> list[str]:
-    """The group directories mkbackupdir makes: custom groups with users, and ``ungrouped``
-    when some user matches none (``ALL`` without a groups file)."""
-    used = {config.groups.group_of(user) for p in store.partitions() for user in store.users(p)}
-    return [name for name in config.groups.names() if name in used]
 
 
 @command.command("groups", help="A backup-groups.conf from patterns, or split by size.",

@@ -5,6 +5,8 @@ and can plant a link (to a root-only file, to ``/dev/zero``) or a FIFO under tho
 Failure behaviour: ``FileNotFoundError`` when the file is absent; ``OSError`` with ``ELOOP``
 for a link and ``EINVAL`` for anything that is not a regular file (never followed, never
 blocking); ``EFBIG`` past ``limit`` bytes.  Callers name the file and skip what depends on it.
+``follow_links=True`` is for the administrator's own files (the configuration), which may
+be links of the administrator's; the rest holds for them too.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import stat
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def open_regular(name: str | os.PathLike[str], dir_fd: int | None = None) -> int:
-    """An fd of a regular file, opened without following a link or blocking on a FIFO."""
-    fd = os.open(name, _FLAGS, dir_fd=dir_fd)
+def open_regular(name: str | os.PathLike[str], dir_fd: int | None = None,
+                 follow_links: bool = False) -> int:
+    """An fd of a regular file, opened without following a link (unless ``follow_links``)
+    or blocking on a FIFO."""
+    fd = os.open(name, _FLAGS & ~os.O_NOFOLLOW if follow_links else _FLAGS, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(name))
@@ -29,9 +33,9 @@ def open_regular(name: str | os.PathLike[str], dir_fd: int | None = None) -> int
 
 
 def read_regular(name: str | os.PathLike[str], dir_fd: int | None = None,
-                 limit: int = 1 << 30) -> bytes:
+                 limit: int = 1 << 30, follow_links: bool = False) -> bytes:
     """The whole content of a regular file (see ``open_regular``), at most ``limit`` bytes."""
-    fd = open_regular(name, dir_fd)
+    fd = open_regular(name, dir_fd, follow_links)
     try:
         chunks: list[bytes] = []
         total = 0

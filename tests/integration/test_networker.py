@@ -79,7 +79,8 @@ def test_savegroup_then_recover_a_deleted_user_by_path(dovecot, mailstore, netwo
         ("create", ["NSR group"]), ("create", ["NSR client"])]
     client = commands[1].attrs
     assert client["backup command"] == ["savepnpc"] and client["parallelism"] == ["3"]
-    assert sorted(client["save set"]) == [str(backup / "mailhost" / g) for g in ("groupA", "groupB", "groupC")]
+    assert sorted(client["save set"]) == [str(backup / "mailhost" / g)
+                                          for g in ("groupA", "groupB", "groupC", "ungrouped")]
     assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input), config=config).returncode == 0
 
     before = snapshot(dovecot, "amy")

@@ -170,3 +170,13 @@ def test_groups_file_given_explicitly_must_exist(fs):
         Config.load(Path("/c"), Path("/c/candidate.conf"))
     fs.create_file("/c/candidate.conf", contents="staff=staff-.*\n")
     assert Config.load(Path("/c"), Path("/c/candidate.conf")).groups.custom_names() == ["staff"]
+
+
+def test_exclusion_written_with_a_trailing_slash_is_the_folder(fs):
+    """'Trash/' names no folder (no folder name ends in '/'): it is read as Trash, not as a
+    name that silently excludes nothing."""
+    fs.create_file("/etc/ims/msg.conf", contents=(
+        "store.partition.primary.path = /p\n"
+        "local.store.backup.exclude = Trash/%Archive/2024/ % Bulk Mail//%/\n"))
+    conf = MsgConf.load(Path("/etc/ims/msg.conf"))
+    assert conf.exclusions() == ["Trash", "Archive/2024", "Bulk Mail"]
