@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_cmd
+from conftest import run_cmd, small_tmpfs
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 GROUPS_ARGS = ("groups", "--pattern", "groupA=[a-l].*")
@@ -108,3 +108,23 @@ def test_configutil_writes_through_the_administrators_link(tmp_path):
             check_rc=0)
     assert (config / "msg.conf").is_symlink()
     assert "local.store.backupdir = /backup" in (shared / "msg.conf").read_text()
+
+
+def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path):
+    with small_tmpfs(tmp_path / "full", "64k") as full:
+        target = full / "groups.conf"
+        target.write_text("the old file\n")
+        (full / "filler").write_bytes(b"x" * 60_000)
+        try:
+            (full / "filler2").write_bytes(b"x" * 60_000)
+        except OSError:
+            pass                                    # full now
+        result = run_cmd("imsconfig", *GROUPS_ARGS, "-o", str(target))
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+        assert str(target).encode() in result.stderr
+        assert target.read_text() == "the old file\n"
+        assert sorted(p.name for p in full.iterdir()) == ["filler", "filler2", "groups.conf"]
+    directory = tmp_path / "adir"
+    directory.mkdir()
+    result = run_cmd("imsconfig", *GROUPS_ARGS, "-o", str(directory))
+    assert result.returncode == 2 and b"Is a directory" in result.stderr
