@@ -212,7 +212,8 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                 if current is not None and current.identity is not None:
                     now_named[current.identity] = folder
             for partition, name, folder in sorted(chain.states):
-                if (partition, name) != (user.partition, user.user) or folder in user.folders:
+                if (partition, name) != (user.partition, user.user) or folder in user.folders \
+                        or folder in user.excluded_folders:
                     continue
                 if any(p.folder is not None and p.user_matches(partition, user.group, name)
                        and p.folder_matches(folder) for p in engine.options.patterns):
@@ -231,7 +232,17 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
         emitted: dict[Bytes, str] = {}            # shared bytes -> the first name fed
         for user in chain.users:
             engine.begin_user(user)
-            for folder in user.folders:
+            # a folder the last backup left out by local.store.backup.exclude was there, not
+            # deleted: it comes back as the latest backup that held it had it
+            excluded_later = [folder for folder in user.excluded_folders
+                              if folder not in user.folders
+                              and (user.partition, user.user, folder) in chain.states]
+            for folder in excluded_later:
+                engine.report.notes.append(
+                    f"{user.logical}/{folder}: excluded from the last backup of the chain"
+                    " (local.store.backup.exclude): restored as the latest backup that held"
+                    " it had it")
+            for folder in [*user.folders, *excluded_later]:
                 state = chain.states.get((user.partition, user.user, folder))
                 if state is None:
                     continue                      # not selected
