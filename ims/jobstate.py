@@ -24,19 +24,18 @@ error (exit 2) naming it.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from ims.errors import UsageError
+from ims.outputfile import write_file
 
 LEVELS = ("Full", "Incremental", "Differential")
 
 
 def _write(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    # replaced atomically through an exclusive temporary file, never through a planted link
+    write_file(str(path), text.encode())
 
 
 def _read(path: Path) -> str | None:

@@ -92,3 +92,18 @@ def test_staging_json_names_groups_matching_nobody(fresh_store, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["empty_groups"] == ["nobody"]
     assert b"nobody" in result.stderr
+
+
+def test_job_state_files_are_not_written_through_planted_links(fresh_store, tmp_path):
+    config = fresh_store / "config"
+    state = tmp_path / "state"
+    state.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for name in (".level.tmp", ".started.tmp", ".ok.tmp"):
+        (state / name).symlink_to(victim)
+    run_cmd("imsbackup", "--job-begin", str(state), "--level", "Full", config_dir=config, check_rc=0)
+    run_cmd("imsbackup", "-f", "-", "--job-state", str(state), "/primary", config_dir=config,
+            check_rc=0)
+    assert victim.read_text() == "precious\n"
+    assert (state / "level").read_text() == "Full" and not (state / "level").is_symlink()
