@@ -353,12 +353,10 @@ def bacula_command(client: str, storage: str, pool: str, messages: str, schedule
             raise UsageError(f"{value!r}: a bpipe command line cannot hold ':' or '\"'")
     groups = []
     for partition in store.partitions():
-        used = []
-        for user in store.users(partition):
-            group = config.groups.group_of(user)
-            if group not in used:
-                used.append(group)
-        for group in sorted(used):
+        # every group of the configuration, users or not: a user who joins a group that had
+        # none on this partition is then already in a job (an empty group's job saves an
+        # archive without users, with a warning)
+        for group in config.groups.names():
             logical = f"/{partition}/{group}"
             state = f"{state_dir}/{partition}-{group}"
             groups.append({
