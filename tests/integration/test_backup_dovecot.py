@@ -244,8 +244,14 @@ def test_incremental_takes_new_copied_and_flag_changed_messages(dovecot, store, 
     archive = read_archive(archive_path.read_bytes())
     folders = folder_members(archive)
     taken = {(k[1], k[2], m.pax["IMS.basename"]): m for k, (_, ms) in folders.items() for m in ms}
-    # every folder's state is there, changed or not
-    assert ("primary", "amy", "Sent") in folders and folders[("primary", "amy", "Sent")][1] == []
+    # every folder is there, changed or not: a state member, or (unchanged) an entry of its
+    # user member, with no member of its own (archive format version 2)
+    unchanged = {(p, u, f) for p, u, f, _ in archive.unchanged_folders()}
+    assert ("primary", "amy", "Sent") in unchanged and ("primary", "amy", "Sent") not in folders
+    assert not unchanged & set(folders)
+    for user in (m.json() for m in archive.members if m.kind == "user"):
+        assert set(user["folders"]) == {f for p, u, f in unchanged | set(folders)
+                                        if (p, u) == (user["partition"], user["user"])}
     nina_new = [k for k in taken if k[0] == "nina" and k[1] == "INBOX"]
     assert any(b"message 40" in member_bytes(archive, taken[k]) for k in nina_new)
     mike_inbox = [m for k, m in taken.items() if k[:2] == ("mike", "INBOX")]
@@ -254,5 +260,5 @@ def test_incremental_takes_new_copied_and_flag_changed_messages(dovecot, store, 
     # untouched users contribute no message
     assert not [k for k in taken if k[0] in ("amy", "bob", "42zed")]
     summary = __import__("json").loads(result.stdout)
-    assert summary["unchanged_folders"] >= 5
+    assert summary["unchanged_folders"] == len(unchanged) >= 5
     assert archive.header["since"] is not None
