@@ -436,7 +436,7 @@ class MaildirStore:
                 raise               # only a missing cur/ means there is no INBOX
         names: list[str] = []
         refused: list[tuple[str, str]] = []
-        root_real = os.path.realpath(root)
+        root_real: str | None = None     # resolved only for a link (a walk of the path)
         with os.scandir(root) as entries:
             for entry in entries:
                 if (not entry.name.startswith(".") or entry.name in (".", "..")
@@ -454,6 +454,7 @@ class MaildirStore:
                     # Not valid mUTF-7 (for example a store kept with :UTF-8): keep it as is.
                     name = entry.name[1:].replace(".", "/")
                 if entry.is_symlink():
+                    root_real = root_real or os.path.realpath(root)
                     verdict = self._link_verdict(Path(entry.path),
                                                  os.path.join(root_real, entry.name), "folder")
                     if verdict:
