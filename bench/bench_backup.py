@@ -3,7 +3,13 @@
 Usage (from the repository root, after scripts/venv.sh):
 
     .venv/bin/python bench/bench_backup.py [--store DIR] [--users 1000] [--messages 100]
-                                           [--partitions 4] [--runs 5]
+                                           [--partitions 4] [--runs 5] [--only full|incremental]
+                                           [--extra-folders N] [--size-median BYTES]
+
+Many small folders (21 folders a user, most holding a few messages):
+
+    .venv/bin/python bench/bench_backup.py --store /var/tmp/ims-bench-smallfolders \
+        --extra-folders 14 --size-median 2048
 
 The store (shaped like a real one: log-normal sizes, median 4 KiB, sigma 1.7, capped at 2 MiB, a
 tenth of INBOX deliveries hard-linked to 2-5 users) is generated once into DIR and reused.
@@ -109,6 +115,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--extra-folders", type=int, default=0,
+                        help="more folders per user (with a new --store): many small folders")
+    parser.add_argument("--size-median", type=int, default=4096,
+                        help="median message size in bytes (with a new --store)")
+    parser.add_argument("--only", choices=("full", "incremental"),
+                        help="run one of the two rows")
     args = parser.parse_args()
 
     store = args.store
@@ -118,7 +130,9 @@ def main() -> int:
         shutil.rmtree(store, ignore_errors=True)
         t0 = time.monotonic()
         counts = generate(store, SampleSpec(users=args.users, messages_per_user=args.messages,
-                                            partitions=args.partitions, seed=2026))
+                                            partitions=args.partitions, seed=2026,
+                                            extra_folders=args.extra_folders,
+                                            size_median=args.size_median))
         print(f"generated {store}: {counts} in {time.monotonic() - t0:.0f} s", flush=True)
     files = sum(1 for _ in (store / "partitions").rglob("*") if _.parent.name in ("cur", "new"))
     size = subprocess.run(["du", "-sh", str(store / "partitions")], capture_output=True,
@@ -129,8 +143,13 @@ def main() -> int:
     imsbackup = str(BIN / "imsbackup")
     partitions = str(store / "partitions")
 
-    measure("full", [imsbackup, "-f", "-", "/"], ["tar", "-cf", "-", "-C", partitions, "."],
-            args.runs, env)
+    folders = sum(1 for _ in (store / "partitions").rglob("cur"))
+    print(f"store: {folders} folders", flush=True)
+    if args.only != "incremental":
+        measure("full", [imsbackup, "-f", "-", "/"], ["tar", "-cf", "-", "-C", partitions, "."],
+                args.runs, env)
+    if args.only == "full":
+        return 0
 
     snar = store / "level0.snar"
     level1 = store / "level1.snar"

@@ -55,6 +55,7 @@ class SampleSpec:
     size_sigma: float = 1.7
     size_cap: int = 2 << 20
     owner: tuple[int, int] | None = None  # chown everything to (uid, gid)
+    extra_folders: int = 0           # more folders per user (Projects/p1 ...): many small folders
 
 
 @dataclass
@@ -118,6 +119,7 @@ def generate(root: Path, spec: SampleSpec) -> dict[str, int]:
 
     for user in users:
         folder(user, "INBOX")
+    names = FOLDERS + [f"Projects/p{i + 1}" for i in range(spec.extra_folders)]
     sequence = 0
     budget = {u: max(1, int(rng.lognormvariate(math.log(spec.messages_per_user), 0.5)))
               for u in users}
@@ -126,7 +128,7 @@ def generate(root: Path, spec: SampleSpec) -> dict[str, int]:
     while deliveries < total:
         user = users[deliveries % len(users)] if rng.random() < 0.5 else rng.choice(users)
         deliveries += 1
-        name = "INBOX" if rng.random() < 0.6 else rng.choice(FOLDERS)
+        name = "INBOX" if rng.random() < 0.6 else rng.choice(names)
         recipients = [user]
         if name == "INBOX" and rng.random() < spec.link_fraction and len(users) > 1:
             others = [u for u in rng.sample(users, min(len(users), 6)) if u != user]
