@@ -39,6 +39,7 @@ from ims.archive.records import (NEXT_UID_MAX, UID_MAX, UIDVALIDITY_MAX, valid_f
 from ims.errors import HelperDied, InternalError
 from ims.helper import Channel, HelperProcess
 from ims.names import Scope, select_folders
+from ims.singlecopy import LinkTable
 from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
 
 SLOT_SIZE = 8 << 20        # also the largest message sent whole; larger ones go in chunks
@@ -192,7 +193,7 @@ class StoreReadAhead:
         self.track_links = not full_copies
         self.helper = HelperProcess(SLOTS, SLOT_SIZE)
         self.views = self.helper.views
-        self.links: dict[tuple[int, int], bytes] = {}
+        self.links = LinkTable()
         self.channel: Channel | None = None
 
     # -- parent side -----------------------------------------------------------------
@@ -369,7 +370,7 @@ class StoreReadAhead:
                 mtime = int(st.st_mtime)
                 shared = track_links and st.st_nlink >= link_min
                 if shared:
-                    target = links.get((st.st_dev, st.st_ino))
+                    target = links.first_copy(st)
                     if target is not None:
                         batch.append(outcome("link", index, changed, mtime, st.st_uid, st.st_gid,
                                              st.st_size, link_target=target,
@@ -399,8 +400,8 @@ class StoreReadAhead:
                                          nlink=st.st_nlink))
                     used += count
                 if shared:
-                    links[(st.st_dev, st.st_ino)] = (prefix + entry.key).encode(
-                        "utf-8", "surrogateescape")
+                    links.add(st, (prefix + entry.key).encode(
+                        "utf-8", "surrogateescape"))
             except OSError as exc:
                 batch.append(outcome("skipped", index, reason=exc.strerror or str(exc)))
             finally:

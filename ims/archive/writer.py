@@ -16,13 +16,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import stat
 from typing import Any
 
 from ims.archive import format as fmt
 from ims.archive import limits
+from ims.archive.spill import SpilledList, json_text
 from ims.errors import DeviceError
 
 _FLUSH_AT = 1 << 20
@@ -91,8 +91,9 @@ class ArchiveWriter:
         self.sink = sink
         self.offset = 0  # logical stream offset of the next member
         self.digest = hashlib.sha256()
-        self.index: list[dict[str, Any]] = []
-        self.user_index: list[dict[str, Any]] = []
+        # the trailer's index grows with the store: kept as JSON text out of memory
+        self.index = SpilledList()
+        self.user_index = SpilledList()
         self._folder: dict[str, Any] | None = None
         self._large_left = 0
         self._large_size = 0
@@ -106,7 +107,7 @@ class ArchiveWriter:
         self.offset += len(data)
 
     def add_json(self, name: str, kind: str, body: dict[str, Any], mtime: int) -> None:
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        payload = json_text(body)
         if len(payload) > limits.MAX_JSON_MEMBER:
             raise limits.LimitExceeded(
                 f"{_describe(kind, name, body)}: its {kind} member would hold"
@@ -195,11 +196,33 @@ class ArchiveWriter:
         body = dict(trailer)
         body["digest"] = "sha256:" + self.digest.hexdigest()
         body["trailer_offset"] = self.offset
-        body["index"] = self.index
-        body["users"] = self.user_index
-        self.add_json(fmt.TRAILER_NAME, fmt.TRAILER, body, mtime)
+        try:
+            self._add_trailer(body, mtime)
+        finally:
+            self.index.close()
+            self.user_index.close()
         self._emit(fmt.END_OF_ARCHIVE, digest=False)
         self.sink.close()
+
+    def _add_trailer(self, body: dict[str, Any], mtime: int) -> None:
+        """The trailer member: ``body`` then ``index`` and ``users`` (in that order, the
+        text ``add_json`` would write), the two lists streamed from their spill files."""
+        head = json_text(body)[:-1]             # without its closing brace
+        parts: list[bytes | SpilledList] = [head, b',"index":', self.index, b',"users":',
+                                            self.user_index, b"}"]
+        size = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
+        if size > limits.MAX_JSON_MEMBER:
+            raise limits.LimitExceeded(
+                f"the trailer (an index of {len(self.index)} folders): its trailer member would"
+                f" hold {limits.size_text(size)} of JSON, more than the"
+                f" {limits.MAX_JSON_MEMBER} bytes a reader accepts; the archive is incomplete"
+                " (no trailer)")
+        self._emit(fmt.member_headers(fmt.TRAILER_NAME, size, mtime, fmt.REGULAR,
+                                      [(fmt.TYPE_KEY, fmt.TRAILER)], uid=0, gid=0), digest=True)
+        for part in parts:
+            for chunk in ([part] if isinstance(part, bytes) else part.chunks()):
+                self._emit(chunk, digest=True)
+        self._emit(fmt.padding(size), digest=True)
 
 
 def _describe(kind: str, name: str, body: dict[str, Any]) -> str:
@@ -207,8 +230,6 @@ def _describe(kind: str, name: str, body: dict[str, Any]) -> str:
         return f"folder {body.get('partition')}/{body.get('user')}/{body.get('folder')}"
     if kind == fmt.USER:
         return f"user {body.get('partition')}/{body.get('user')}"
-    if kind == fmt.TRAILER:
-        return f"the trailer (an index of {len(body.get('index') or ())} folders)"
     return name
 
 

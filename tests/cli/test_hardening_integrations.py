@@ -15,6 +15,7 @@ from archive_reader import read_archive
 from conftest import run_cmd
 from test_restore_hostile_cli import Crafted
 
+from ims.archive.spill import SpilledList
 from ims.samplestore import SampleSpec, generate
 
 STORE_OWNER = (5000, 5000)
@@ -165,7 +166,8 @@ def test_imsasm_compare_refuses_hostile_names(fresh_store, tmp_path):
     crafted.message(user, "INBOX", "1.M1P1.a", b"Subject: a\n\nhello\n", 7)
     crafted.folder(user, "INBOX", [["1.M1P1.b", 8, "S", []]], partition="nosuch")
     crafted.message(user, "INBOX", "1.M1P1.b", b"Subject: b\n\nhello\n", 8, partition="nosuch")
-    crafted.writer.index = [e for e in crafted.writer.index if e["user"] != "../../.."]
+    # the hostile folder's extent is the only one ended so far: the index is left without it
+    crafted.writer.index = SpilledList()
     crafted.close()
     with open(archive, "rb") as stream:
         result = run_cmd("imsasm", "-c", config_dir=config, stdin=stream)

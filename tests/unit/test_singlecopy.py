@@ -1,0 +1,45 @@
+"""The backup's single-copy table (ims/singlecopy.py): the same links as before, and an
+inode's entry goes once all its links are in the stream."""
+
+from __future__ import annotations
+
+import os
+
+from ims.singlecopy import LinkTable
+
+
+def stat(ino: int, nlink: int, dev: int = 2049) -> os.stat_result:
+    return os.stat_result((0o100600, ino, dev, nlink, 0, 0, 10, 0, 0, 0))
+
+
+def test_every_later_link_names_the_first_copy_then_the_entry_goes():
+    """Before: the table kept every shared inode until the end of the backup (it grew with
+    the store).  Now an inode of three links is named for the two later ones and then
+    forgotten; one of two links after its one later link."""
+    table = LinkTable()
+    table.add(stat(7, 3), b"p/amy/INBOX/1.M1")
+    table.add(stat(8, 2), b"p/amy/INBOX/1.M2")
+    assert table.first_copy(stat(7, 3)) == b"p/amy/INBOX/1.M1"
+    assert table.first_copy(stat(8, 2)) == b"p/amy/INBOX/1.M2"
+    assert len(table) == 1
+    assert table.first_copy(stat(7, 3)) == b"p/amy/INBOX/1.M1"
+    assert len(table) == 0
+
+
+def test_inodes_are_told_apart_by_device_and_a_single_link_is_not_kept():
+    table = LinkTable()
+    table.add(stat(7, 2, dev=1), b"a")
+    table.add(stat(7, 1, dev=2), b"b")          # nothing can link to it
+    assert len(table) == 1
+    assert table.first_copy(stat(7, 2, dev=2)) is None
+    assert table.first_copy(stat(7, 2, dev=1)) == b"a"
+
+
+def test_a_link_made_during_the_backup_keeps_the_entry_longer():
+    """A third link appears after the first copy was read (st_nlink grows): it is still
+    named; an entry dropped early would only mean a second copy as data, never a loss."""
+    table = LinkTable()
+    table.add(stat(9, 2), b"first")
+    assert table.first_copy(stat(9, 3)) == b"first"
+    assert table.first_copy(stat(9, 3)) == b"first"
+    assert table.first_copy(stat(9, 3)) is None
