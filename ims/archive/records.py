@@ -578,7 +578,9 @@ class TrailerRecord:
         return cls(trailer_offset=c.integer("trailer_offset", 0, big),
                    digest=c.text("digest") or "", counts=dict(counts),
                    skipped=c.strings("skipped"), excluded_folders=c.strings("excluded_folders"),
-                   folders=tuple(folders), users=tuple(users), raw=dict(body))
+                   folders=tuple(folders), users=tuple(users),
+                   # without the index: held as objects twice over it grew with the store
+                   raw={k: v for k, v in body.items() if k not in ("index", "users")})
 
     def folder(self, partition: str, user: str, folder: str) -> FolderExtent | None:
         for extent in self.folders:

@@ -34,14 +34,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 import time
+from array import array
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ims.archive import format as fmt
-from ims.archive.reader import ArchiveReader, MemberDamaged
+from ims.archive.reader import ArchiveReader, MemberDamaged, decode_record
 from ims.archive.records import ArchiveHeader, FolderRecord, MessageRecord, UserRecord
-from ims.errors import DeviceError, UsageError
+from ims.errors import ArchiveDamaged, DeviceError, UsageError
 from ims.restore.engine import Engine
 from ims.restore.selection import Pattern, user_selected
 
@@ -105,16 +107,39 @@ def order_chain(archives: list[tuple[str, ArchiveHeader]], allow_gaps: bool) -> 
 Bytes = tuple[int, int, int, str, int, int]
 
 
+class StateRef(NamedTuple):
+    """A listed folder state kept by where it is: read again when the chain is fed (its
+    message list, kept as objects for every folder, was most of a chain's memory)."""
+
+    number: int                 # the archive
+    offset: int                 # its folder-state member
+    identity: int | None
+
+
 @dataclass
 class MergedChain:
+    """The merge's result, kept compact (docs/performance.md, "Memory at scale"): for each
+    message member of a selected user's folder, the hash of its base name and its offset
+    (two machine words, in ``hashes`` and ``offsets``), and per folder and archive the range
+    of those entries; a message's size, SHA-256 and date are read again from its member
+    header when it is fed.  Names are interned: the keys of a user's folders share them."""
+
     readers: list[ArchiveReader]
     users: list[UserRecord] = field(default_factory=list)           # the last archive's
-    states: dict[tuple[str, str, str], FolderRecord] = field(default_factory=dict)
-    by_folder: dict[tuple[str, str, str, str], Bytes] = field(default_factory=dict)
-    by_user: dict[tuple[str, str, str], Bytes] = field(default_factory=dict)
+    # the latest state of each folder: where its listing is, or an unchanged state never
+    # listed in the chain (its head is an incremental)
+    states: dict[tuple[str, str, str], StateRef | FolderRecord] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     earlier_users: dict[tuple[str, str], UserRecord] = field(default_factory=dict)
-    by_identity: dict[tuple[str, str, int | None], FolderRecord] = field(default_factory=dict)
+    by_identity: dict[tuple[str, str, int | None], StateRef] = field(default_factory=dict)
+    hashes: array = field(default_factory=lambda: array("q"))        # hash(base name)
+    offsets: array = field(default_factory=lambda: array("q"))       # its member
+    # (partition, user) -> folder -> [archive, first, end, archive, first, end, ...]: the
+    # entries of ``hashes``/``offsets`` each archive holds for the folder, oldest first
+    ranges: dict[tuple[str, str], dict[str, list[int]]] = field(default_factory=dict)
+    # per archive: hash(member name) -> offset of the data member a link member may name
+    # (only messages of several links); -1 when two names share a hash
+    shared: list[dict[int, int]] = field(default_factory=list)
 
 
 def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> MergedChain:
@@ -123,21 +148,23 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
     message's bytes are."""
     chain = MergedChain(readers)
     last = len(readers) - 1
+    intern = sys.intern
     for number, reader in enumerate(readers):
-        data_members: dict[str, Bytes] = {}
+        shared: dict[int, int] = {}
+        chain.shared.append(shared)
         user: UserRecord | None = None
-        folder_key: tuple[str, str, str] | None = None
+        span: list[int] | None = None         # the range of the folder being read
         for member in reader.members():
             kind = member.kind
             if member.invalid is not None:
                 if kind in (fmt.USER, fmt.FOLDER):
                     user = None if kind == fmt.USER else user
-                    folder_key = None
+                    span = None
                 chain.invalid.append(member.invalid)
                 continue
             if kind == fmt.USER:
                 user = member.record
-                folder_key = None
+                span = None
                 if not user_selected(patterns, user.partition, user.group, user.user):
                     user = None
                 elif number == last:
@@ -145,53 +172,133 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                 else:
                     chain.earlier_users[(user.partition, user.user)] = user
                 for state in user.unchanged_states() if user is not None else ():
-                    _take_state(chain, state)     # format version 2: in the user's record
+                    _take_state(chain, state, None)   # format version 2: in the user's record
             elif kind == fmt.FOLDER:
-                folder_key = None
+                span = None
                 state: FolderRecord = member.record
                 if user is None or (state.partition, state.user) != (user.partition, user.user):
                     continue
                 # every folder of a selected user (the engine selects folders): a folder
                 # renamed between backups is found under its old name
-                folder_key = (state.partition, state.user, state.folder)
-                _take_state(chain, state)
+                _take_state(chain, state, StateRef(number, member.offset, state.identity))
+                folders = chain.ranges.setdefault((intern(state.partition), intern(state.user)), {})
+                span = folders.setdefault(intern(state.folder), [])
+                span += (number, len(chain.hashes), len(chain.hashes))
             elif kind == fmt.MESSAGE:
                 record: MessageRecord = member.record
                 if member.is_link:
-                    source = data_members.get(member.linkname)
-                    if source is None:
-                        continue
-                else:
-                    source = (number, member.data_offset, member.size, record.sha256 or "",
-                              record.links, record.internaldate)
-                    if record.links > 1:      # bytes a selected user's link may need
-                        data_members[member.name] = source
-                if folder_key is None:
+                    if hash(member.linkname) not in shared:
+                        continue                  # its bytes are in no member of the archive
+                elif record.links > 1:            # bytes a selected user's link may need
+                    name_hash = hash(member.name)
+                    shared[name_hash] = -1 if name_hash in shared else member.offset
+                if span is None:
                     continue
-                chain.by_folder[(*folder_key, record.key)] = source
-                chain.by_user[(folder_key[0], folder_key[1], record.key)] = source
+                chain.hashes.append(hash(record.key))
+                chain.offsets.append(member.offset)
+                span[-1] = len(chain.hashes)
     return chain
 
 
-def _take_state(chain: MergedChain, state: FolderRecord) -> None:
-    """A folder state of a selected user, read in chain order: a listed state replaces the
-    one kept; an unchanged one keeps the earlier state, found by identity when the folder
-    was renamed."""
-    folder_key = (state.partition, state.user, state.folder)
-    identity_key = (state.partition, state.user, state.identity)
+def _take_state(chain: MergedChain, state: FolderRecord, at: StateRef | None) -> None:
+    """A folder state of a selected user, read in chain order (``at``: where a listed one
+    is): a listed state replaces the one kept; an unchanged one keeps the earlier state,
+    found by identity when the folder was renamed."""
+    intern = sys.intern
+    folder_key = (intern(state.partition), intern(state.user), intern(state.folder))
+    identity_key = (folder_key[0], folder_key[1], state.identity)
     known = chain.states.get(folder_key)
     if state.unchanged and state.identity is not None \
             and identity_key in chain.by_identity \
             and (known is None or known.identity != state.identity):
         # renamed since its last listing: cur/ and new/ did not change, so the backup saw
         # nothing; the folder is the one with the same identity, also when a folder deleted
-        # meanwhile had this name (identity wins)
-        earlier = chain.by_identity[identity_key]
-        chain.states[folder_key] = dataclasses.replace(earlier, folder=state.folder)
+        # meanwhile had this name (identity wins); ``listed_state`` gives it its new name
+        chain.states[folder_key] = chain.by_identity[identity_key]
     elif not state.unchanged or folder_key not in chain.states:
-        chain.states[folder_key] = state
-    if not state.unchanged and state.identity is not None:
-        chain.by_identity[identity_key] = state
+        chain.states[folder_key] = at if at is not None else state
+    if at is not None and state.identity is not None:
+        chain.by_identity[identity_key] = at
+
+
+def listed_state(chain: MergedChain, key: tuple[str, str, str]) -> FolderRecord | None:
+    """The folder's latest state with its messages (read again from its archive), under the
+    folder's name in the last backup; None when not selected."""
+    kept = chain.states.get(key)
+    if kept is None or isinstance(kept, FolderRecord):
+        return kept
+    reader = chain.readers[kept.number]
+    member = reader.member_at(kept.offset)
+    if member is None:
+        raise ArchiveDamaged(f"{reader.device_name}: no folder state at byte {kept.offset}"
+                             " where it was read before")
+    reader.json_at(member)
+    decode_record(member)
+    if member.record is None:
+        raise ArchiveDamaged(f"{member.invalid} (it was valid when read before)")
+    record: FolderRecord = member.record
+    return record if record.folder == key[2] else dataclasses.replace(record, folder=key[2])
+
+
+class _Finder:
+    """Where the bytes of a listed message are: first among the members of its folder (by
+    name, the latest archive first), else among all its user's (a folder renamed between
+    backups).  A map of one folder's (or one user's) entries is built when first asked for
+    and kept until another is; each hit is checked against the member's own name, so two
+    base names of the same hash never swap bytes (the second is reported missing)."""
+
+    def __init__(self, chain: MergedChain) -> None:
+        self.chain = chain
+        self._folder: tuple[tuple[str, str, str], dict[int, int]] | None = None
+        self._user: tuple[tuple[str, str], dict[int, int]] | None = None
+
+    def _map(self, spans: list[list[int]]) -> dict[int, int]:
+        """hash(base name) -> entry x archives + archive, later archives replacing earlier
+        ones (one int a message: the map lives while a folder or a user is fed)."""
+        hashes, count = self.chain.hashes, len(self.chain.readers)
+        found: dict[int, int] = {}
+        for number, first, end in sorted(
+                (span[i], span[i + 1], span[i + 2]) for span in spans
+                for i in range(0, len(span), 3)):
+            for entry in range(first, end):
+                found[hashes[entry]] = entry * count + number
+        return found
+
+    def find(self, partition: str, user: str, folder: str, key: str) -> Bytes | None:
+        folders = self.chain.ranges.get((partition, user), {})
+        if self._folder is None or self._folder[0] != (partition, user, folder):
+            self._folder = ((partition, user, folder), self._map([folders.get(folder, [])]))
+        source = self._source(self._folder[1].get(hash(key)), key)
+        if source is not None:
+            return source
+        if self._user is None or self._user[0] != (partition, user):
+            self._user = ((partition, user), self._map(list(folders.values())))
+        return self._source(self._user[1].get(hash(key)), key)
+
+    def _source(self, packed: int | None, key: str) -> Bytes | None:
+        if packed is None:
+            return None
+        entry, number = divmod(packed, len(self.chain.readers))
+        reader = self.chain.readers[number]
+        member = reader.member_at(self.chain.offsets[entry])
+        if member is None:
+            raise ArchiveDamaged(f"{reader.device_name}: no member at byte"
+                                 f" {self.chain.offsets[entry]} where one was read before")
+        decode_record(member)
+        if member.record is None or member.record.key != key:
+            return None                         # another base name of the same hash
+        if member.is_link:
+            target = self.chain.shared[number].get(hash(member.linkname), -1)
+            linked = reader.member_at(target) if target >= 0 else None
+            if linked is None or linked.name != member.linkname:
+                return None
+            member = linked
+            decode_record(member)
+            if member.record is None:
+                return None
+        record: MessageRecord = member.record
+        return (number, member.data_offset, member.size, record.sha256 or "", record.links,
+                record.internaldate)
 
 
 def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
@@ -205,15 +312,19 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
             engine.report.notes.append(
                 f"{gone.logical}: not in the last backup of the chain (deleted before it):"
                 " not restored; restore it from an earlier archive alone to bring it back")
+        # each user's folders in the merged state, once (not every state for every user)
+        kept: dict[tuple[str, str], list[str]] = {}
+        for partition, name, folder in sorted(chain.states):
+            kept.setdefault((partition, name), []).append(folder)
         for user in chain.users:
             now_named: dict[int, str] = {}       # identity -> the folder's last name
             for folder in user.folders:
                 current = chain.states.get((user.partition, user.user, folder))
                 if current is not None and current.identity is not None:
                     now_named[current.identity] = folder
-            for partition, name, folder in sorted(chain.states):
-                if (partition, name) != (user.partition, user.user) or folder in user.folders \
-                        or folder in user.excluded_folders:
+            partition, name = user.partition, user.user
+            for folder in kept.get((partition, name), ()):
+                if folder in user.folders or folder in user.excluded_folders:
                     continue
                 if any(p.folder is not None and p.user_matches(partition, user.group, name)
                        and p.folder_matches(folder) for p in engine.options.patterns):
@@ -229,7 +340,9 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                         f"{user.logical}/{folder}: not in the last backup of the chain (deleted"
                         " before it): not restored; restore it from an earlier archive alone to"
                         " bring it back")
-        emitted: dict[Bytes, str] = {}            # shared bytes -> the first name fed
+        emitted: dict[int, str] = {}              # shared bytes (where) -> the first name fed
+        finder = _Finder(chain)
+        count = len(chain.readers)
         for user in chain.users:
             engine.begin_user(user)
             # a folder the last backup left out by local.store.backup.exclude was there, not
@@ -243,13 +356,12 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                     " (local.store.backup.exclude): restored as the latest backup that held"
                     " it had it")
             for folder in [*user.folders, *excluded_later]:
-                state = chain.states.get((user.partition, user.user, folder))
+                state = listed_state(chain, (user.partition, user.user, folder))
                 if state is None:
                     continue                      # not selected
                 engine.begin_folder(state)
                 for listed in state.messages or ():
-                    source = (chain.by_folder.get((user.partition, user.user, folder, listed.key))
-                              or chain.by_user.get((user.partition, user.user, listed.key)))
+                    source = finder.find(user.partition, user.user, folder, listed.key)
                     name = f"{user.partition}/{user.user}/{folder}/{listed.key}"
                     if source is None:
                         engine.report.skipped.append(
@@ -260,9 +372,10 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                     record = MessageRecord(listed.key, listed.uid, listed.flags,
                                            listed.keywords, internaldate, listed.uid is None,
                                            size, sha, links)
-                    first = emitted.get(source)
+                    where = offset * count + number
+                    first = emitted.get(where)
                     if first is None and links > 1:
-                        emitted[source] = name
+                        emitted[where] = name
                     engine.message(record, None, name, first is not None, first or "",
                                    lambda s=source, n=name: read_bytes(chain, s, n))
             engine.end_user()
@@ -285,12 +398,13 @@ def read_bytes(chain: MergedChain, source: Bytes, name: str) -> bytes:
 
 def fetch_from_chain(chain: MergedChain) -> Callable[[str], bytes | None]:
     """Bytes by the name the chain fed (a link whose first copy could not be linked to)."""
+    finder = _Finder(chain)
+
     def fetch(name: str) -> bytes | None:
         parts = name.split("/")
         if len(parts) < 4:
             return None
-        source = chain.by_folder.get((parts[0], parts[1], "/".join(parts[2:-1]), parts[-1])) \
-            or chain.by_user.get((parts[0], parts[1], parts[-1]))
+        source = finder.find(parts[0], parts[1], "/".join(parts[2:-1]), parts[-1])
         return None if source is None else read_bytes(chain, source, name)
     return fetch
 
