@@ -24,6 +24,7 @@ while being read is reported as skipped, never aborts the run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import sys
@@ -125,13 +126,12 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
     flag_parts: dict[str, bytes] = {}
     for item in readahead:
         if isinstance(item, Batch):
-            assert folder is not None
-            view = readahead.view(item.slot) if item.slot is not None else None
-            try:
-                _write_batch(item, view, folder, prefix, flag_parts, writer, report)
-            finally:
-                if view is not None:
-                    view = None
+            if item.outcomes:
+                assert folder is not None
+                _write_batch(item, readahead.view(item.slot) if item.slot is not None else None,
+                             folder, prefix, flag_parts, writer, report)
+            if item.release:
+                writer.settle()         # nothing of the slot's bytes is left unwritten
                 readahead.release(item.slot)
         elif isinstance(item, FolderItem):
             prefix = f"{item.partition}/{item.user}/{item.folder}/".encode("utf-8", "surrogateescape")
@@ -215,10 +215,12 @@ def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, pref
         if kind == "data":
             assert view is not None
             start, length = outcome[O_START], outcome[O_LENGTH]
-            writer.add_message(prefix + key, view[start:start + length], mtime,
+            data = view[start:start + length]
+            # the child leaves the hash to this process when it waits for the child
+            sha256 = outcome[O_SHA256] or hashlib.sha256(data).hexdigest()
+            writer.add_message(prefix + key, data, mtime,
                                fmt.message_records(entry[UID], flags_part, entry[IS_NEW], mtime,
-                                                   key, length, outcome[O_SHA256],
-                                                   outcome[O_NLINK]),
+                                                   key, length, sha256, outcome[O_NLINK]),
                                outcome[O_UID], outcome[O_GID])
             report.messages += 1
             report.bytes += length

@@ -68,6 +68,13 @@ class Channel:
         except OSError:
             pass      # the helper has finished and needs no more slots
 
+    def slots_returned(self) -> bytes:
+        """The slot numbers given back so far, without waiting (b"" when none)."""
+        try:
+            return self.sock.recv(256, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
+
     def take_slot(self) -> int:
         data = self.sock.recv(1)
         if not data:

@@ -44,8 +44,12 @@ from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
 
 SLOT_SIZE = 8 << 20        # also the largest message sent whole; larger ones go in chunks
 SLOTS = 3
-BATCH_BYTES = 1 << 20      # a batch is handed over when its data reaches this size
-BATCH_MESSAGES = 256
+# What the child has read is handed over (one pickle, one send) when its data reaches
+# BATCH_BYTES or it holds BATCH_MESSAGES messages and listed entries: items of many small
+# folders travel together, and a slot is filled by several hand-overs before it is given
+# back, so the parent can be up to two slots behind before the child waits.
+BATCH_BYTES = 1 << 20
+BATCH_MESSAGES = 1024
 
 
 @dataclass
@@ -116,11 +120,14 @@ def fit_to_archive(state: FolderState, where: str) -> list[str]:
     return refused
 
 
-def _read_whole(fd: int, buffer: memoryview) -> int:
-    """Fill ``buffer`` from the start of the file, read by read (a short read is not the
-    end: the next one returns the rest, or raises the error that cut it); the count read."""
+def _read_whole(fd: int, buffer: memoryview, size: int) -> int:
+    """Read a file of ``size`` bytes (its fstat) from its start into ``buffer``, which holds
+    one byte more to see a file that grew; the count read.  A short read is not the end:
+    the next one returns the rest, or raises the error that cut it.  A read that returns
+    ``size`` bytes is the whole message (one system call, the common case): an error could
+    only cut bytes after it, and a file that grew fills the extra byte."""
     count = 0
-    while count < len(buffer):
+    while count < size:
         got = os.preadv(fd, [buffer[count:]], count)
         if got == 0:
             break
@@ -168,8 +175,14 @@ def outcome(kind: str, index: int, entry: tuple | None = None, mtime: int = 0, u
 
 @dataclass
 class Batch:
+    """Outcomes of one folder's messages, their data in ``slot``.  Several batches share a
+    slot; the last one to use it has ``release`` set: once it is written the parent gives
+    the slot back.  ``sha256`` of a ``data`` outcome is None when the child left the hash
+    to the parent (``StoreReadAhead._parent_idle``)."""
+
     slot: int | None
     outcomes: list[tuple] = field(default_factory=list)
+    release: bool = False
 
 
 @dataclass
@@ -195,6 +208,14 @@ class StoreReadAhead:
         self.views = self.helper.views
         self.links = LinkTable()
         self.channel: Channel | None = None
+        # child side: items not yet handed over, the slot being filled and how far
+        self._pending: list[object] = []
+        self._pending_count = 0
+        self._free = list(range(SLOTS))
+        self._fill: int | None = None
+        self._used = 0
+        self._unsent = 0            # bytes of the slot not yet handed over
+        self._hash_here = True      # whether the child hashes what it reads next
 
     # -- parent side -----------------------------------------------------------------
 
@@ -207,16 +228,16 @@ class StoreReadAhead:
     def __iter__(self) -> Iterator[object]:
         assert self.channel is not None
         while True:
-            ok, item = self.channel.receive()
+            ok, message = self.channel.receive()
             if not ok:
                 raise HelperDied(f"the store reader process (pid {self.helper.pid}) ended"
                                  " unexpectedly; the archive is incomplete (no trailer)")
-            if item is None:
+            if message is None:
                 return
-            if isinstance(item, Failure):
-                raise InternalError(f"the store reader failed: {item.message};"
+            if isinstance(message, Failure):
+                raise InternalError(f"the store reader failed: {message.message};"
                                     " the archive is incomplete (no trailer)")
-            yield item
+            yield from message
 
     def view(self, slot: int) -> memoryview:
         return self.views[slot]
@@ -232,24 +253,43 @@ class StoreReadAhead:
     # -- child side ------------------------------------------------------------------
 
     def _put(self, item: object) -> None:
-        assert self.channel is not None
-        self.channel.send(item)
+        """Queue an item; ``_hand_over`` sends the queue."""
+        self._pending.append(item)
+
+    def _hand_over(self) -> None:
+        """Send the queued items as one message, and decide who hashes what is read next."""
+        if self._pending:
+            assert self.channel is not None
+            self.channel.send(self._pending)
+            self._pending = []
+        self._pending_count = self._unsent = 0
+        self._hash_here = not self._parent_idle()
+
+    def _parent_idle(self) -> bool:
+        """True when the parent has given back every slot it was handed: it keeps up, and
+        the hashing of the next messages is left to it.  Hashing is the largest single cost,
+        and the process that waits for the other takes it: the two stay busy together."""
+        if self.channel is None:
+            return False
+        self._free.extend(self.channel.slots_returned())
+        return len(self._free) + (self._fill is not None) >= SLOTS
 
     def _take_slot(self) -> int:
         assert self.channel is not None
         return self.channel.take_slot()
 
     def _child_main(self) -> None:
-        free = list(range(SLOTS))
-        self._free = free
         try:
             for user_scope in self.scope.users:
                 self._read_user(user_scope)
-            self._put(None)
+            self._hand_over()
+            assert self.channel is not None
+            self.channel.send(None)
         except (BrokenPipeError, ConnectionResetError, EOFError):
             raise
         except BaseException as exc:
-            self._put(Failure(f"{type(exc).__name__}: {exc}"))
+            assert self.channel is not None
+            self.channel.send(Failure(f"{type(exc).__name__}: {exc}"))
             raise
 
     def _slot(self) -> int:
@@ -327,32 +367,37 @@ class StoreReadAhead:
             self._put(FolderItem(logical, partition, user, folder, FolderState(
                 state.name, state.uidvalidity, state.next_uid, state.guid,
                 [k for k in state.keywords if k], [], state.notes, state.highest_modseq,
-                state.problems), listed,
-                identity=self.store.folder_identity(partition, user, folder), refused=refused))
+                state.problems), listed, identity=reader.identity, refused=refused))
+            self._pending_count += len(listed)
             self._read_messages(reader, f"{partition}/{user}/{folder}/")
             self._put(FolderDone())
         finally:
             reader.close()
 
     def _read_messages(self, reader, prefix: str) -> None:
+        """The folder's messages as ``Batch``es: data read into the slot being filled
+        (``_fill``, kept from folder to folder), handed over every BATCH_BYTES or
+        BATCH_MESSAGES."""
         since = self.since
         track_links = self.track_links
         link_min = self.link_min
         links = self.links
-        slot: int | None = None
-        view: memoryview | None = None
-        used = 0
+        view = self.views[self._fill] if self._fill is not None else None
         batch: list[tuple] = []
 
-        def hand_over() -> None:
-            nonlocal slot, view, used, batch
-            if batch:
-                self._put(Batch(slot, batch))
-            elif slot is not None:
-                self._free.append(slot)
-            slot, view, used, batch = None, None, 0, []
+        def queue(release: bool = False) -> None:
+            nonlocal batch
+            if batch or release:
+                self._put(Batch(self._fill, batch, release))
+                self._pending_count += len(batch)
+                batch = []
+            if release:
+                self._fill, self._used = None, 0
 
         for index, entry in enumerate(reader.state.messages):
+            if self._unsent >= BATCH_BYTES or self._pending_count + len(batch) >= BATCH_MESSAGES:
+                queue()
+                self._hand_over()
             location = entry.location
             try:
                 opened = reader.open_message(entry)
@@ -372,21 +417,26 @@ class StoreReadAhead:
                 if shared:
                     target = links.first_copy(st)
                     if target is not None:
-                        batch.append(outcome("link", index, changed, mtime, st.st_uid, st.st_gid,
-                                             st.st_size, link_target=target,
-                                             nlink=st.st_nlink))
+                        batch.append(("link", index, changed, mtime, st.st_uid, st.st_gid,
+                                      st.st_size, 0, 0, None, target, "", st.st_nlink))
                         continue
                 size = st.st_size
                 if size >= SLOT_SIZE - 1:
-                    hand_over()
+                    queue(release=self._fill is not None)
+                    self._hand_over()
+                    view = None
                     self._send_large(fd, index, changed, st, mtime)
                 else:
-                    if slot is None or used + size + 1 > SLOT_SIZE:
-                        hand_over()
-                        slot = self._slot()
-                        view = self.views[slot]
+                    used = self._used
+                    if self._fill is None or used + size + 1 > SLOT_SIZE:
+                        if self._fill is not None:
+                            queue(release=True)
+                            self._hand_over()
+                        self._fill = self._slot()
+                        view = self.views[self._fill]
+                        used = 0
                     assert view is not None
-                    count = _read_whole(fd, view[used:used + size + 1])
+                    count = _read_whole(fd, view[used:used + size + 1], size)
                     if count > size:
                         # grew since fstat (not a Maildir message's habit): read what fits
                         count = os.preadv(fd, [view[used:SLOT_SIZE]], 0)
@@ -394,11 +444,13 @@ class StoreReadAhead:
                         # a read error after the first bytes comes as a short read, and the
                         # error itself only on the next call: never archive a message short
                         raise OSError(errno.EIO, f"read {count} of its {size} bytes")
-                    batch.append(outcome("data", index, changed, mtime, st.st_uid, st.st_gid,
-                                         count, used, count,
-                                         hashlib.sha256(view[used:used + count]).hexdigest(),
-                                         nlink=st.st_nlink))
-                    used += count
+                    batch.append(("data", index, changed, mtime, st.st_uid, st.st_gid, count,
+                                  used, count,
+                                  hashlib.sha256(view[used:used + count]).hexdigest()
+                                  if self._hash_here else None,
+                                  None, "", st.st_nlink))
+                    self._used = used + count
+                    self._unsent += count
                 if shared:
                     links.add(st, (prefix + entry.key).encode(
                         "utf-8", "surrogateescape"))
@@ -406,12 +458,12 @@ class StoreReadAhead:
                 batch.append(outcome("skipped", index, reason=exc.strerror or str(exc)))
             finally:
                 os.close(fd)
-            if used >= BATCH_BYTES or len(batch) >= BATCH_MESSAGES:
-                hand_over()
-        hand_over()
+        queue()
 
     def _send_large(self, fd: int, index: int, changed: tuple | None,
                     st: os.stat_result, mtime: int) -> None:
+        """A message larger than a slot: hashed in a first pass, then sent in slot-sized
+        chunks, each a slot of its own (nothing else is queued meanwhile)."""
         size = st.st_size
         digest = hashlib.sha256()
         position = 0
@@ -426,6 +478,7 @@ class StoreReadAhead:
         self._put(Batch(None, [outcome("large", index, changed, mtime, st.st_uid, st.st_gid,
                                        size, sha256=digest.hexdigest(),
                                        nlink=st.st_nlink)]))
+        self._hand_over()
         position = 0
         while position < size:
             slot = self._slot()
@@ -437,6 +490,7 @@ class StoreReadAhead:
             if count <= 0:
                 self._free.append(slot)
                 break
-            self._put(Batch(slot, [outcome("chunk", index, start=0, length=count)]))
+            self._put(Batch(slot, [outcome("chunk", index, start=0, length=count)], True))
+            self._hand_over()
             position += count
         self._put(Batch(None, [outcome("large_end", index, length=position)]))

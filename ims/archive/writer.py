@@ -27,15 +27,22 @@ from ims.errors import DeviceError
 
 _FLUSH_AT = 1 << 20
 _PIPE_SIZE = 1 << 20
+_IOV_MAX = 1024         # Linux's limit of pieces per writev
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class RecordSink:
+    """Appended pieces are queued as they are (a message's bytes as a view of the reader's
+    shared slot, not copied) and written with ``writev``, whole records at a time; the
+    few bytes past the last whole record are kept as a copy.  ``settle`` writes what it can
+    before the caller reuses memory it queued a view of."""
+
     def __init__(self, fd: int, blocking_factor: int, device_name: str) -> None:
         self.fd = fd
         self.record_size = fmt.BLOCK * blocking_factor
         self.device_name = device_name
-        self.buffer = bytearray()
+        self.parts: list[bytes | bytearray | memoryview] = []
+        self.queued = 0   # bytes in ``parts``
         self.written = 0  # bytes handed to the device so far
         self.failed = False
         mode = os.fstat(fd).st_mode
@@ -48,40 +55,73 @@ class RecordSink:
         self.flush_at = max(_FLUSH_AT // self.record_size, 1) * self.record_size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.buffer += data
-        if len(self.buffer) >= self.flush_at:
-            self._flush(len(self.buffer) - len(self.buffer) % self.record_size)
+        self.parts.append(data)
+        self.queued += len(data)
+        if self.queued >= self.flush_at or len(self.parts) >= _IOV_MAX:
+            self.settle()
+
+    def settle(self) -> None:
+        """Write every whole record queued; keep the rest as a copy of its own."""
+        self._flush(self.queued - self.queued % self.record_size)
 
     def _flush(self, count: int) -> None:
-        view = memoryview(self.buffer)
-        done = 0
+        parts = self.parts
+        left = self.queued - count
+        kept: list[bytes | bytearray | memoryview] = []
+        while left > 0:        # split off the bytes past ``count``
+            last = parts.pop()
+            if len(last) <= left:
+                kept.append(last)
+                left -= len(last)
+            else:
+                cut = len(last) - left
+                parts.append(memoryview(last)[:cut])
+                kept.append(memoryview(last)[cut:])
+                left = 0
+        tail = b"".join(reversed(kept))
         try:
-            while done < count:
-                try:
-                    n = os.write(self.fd, view[done:count])
-                except InterruptedError:
-                    continue
-                if n == 0:
-                    raise OSError(errno.EIO, "device accepted no data")
-                done += n
+            _write_all(self.fd, parts)
         except OSError as exc:
             self.failed = True
             raise DeviceError(f"{self.device_name}: write failed: {exc.strerror or exc}") from None
-        finally:
-            view.release()
-        self.written += done
-        del self.buffer[:count]
+        self.written += count
+        self.parts = [tail] if tail else []
+        self.queued = len(tail)
 
     def close(self) -> None:
         """Pad to a whole record, write everything out, fsync a regular file."""
-        self.buffer += b"\0" * (-len(self.buffer) % self.record_size)
-        self._flush(len(self.buffer))
+        self.write(b"\0" * (-self.queued % self.record_size))
+        self._flush(self.queued)
         if self.is_regular:
             try:
                 os.fsync(self.fd)
             except OSError as exc:
                 self.failed = True
                 raise DeviceError(f"{self.device_name}: fsync failed: {exc.strerror}") from None
+
+
+def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> None:
+    """Write every part, in order, ``_IOV_MAX`` at a time, resuming after a short write."""
+    first = 0
+    while True:
+        while first < len(parts) and not len(parts[first]):
+            first += 1          # writev of nothing but empty pieces would return 0
+        if first == len(parts):
+            return
+        try:
+            count = os.writev(fd, parts[first:first + _IOV_MAX])
+        except InterruptedError:
+            continue
+        if count == 0:
+            raise OSError(errno.EIO, "device accepted no data")
+        while count:
+            length = len(parts[first])
+            if count >= length:
+                count -= length
+                first += 1
+            else:
+                parts[first] = memoryview(parts[first])[count:]
+                count = 0
 
 
 class ArchiveWriter:
@@ -136,6 +176,10 @@ class ArchiveWriter:
             self._folder["end"] = self.offset
             self.index.append(self._folder)
             self._folder = None
+
+    def settle(self) -> None:
+        """Write out the queued bytes of views (message data) the caller is about to reuse."""
+        self.sink.settle()
 
     def add_message(self, name: bytes, data: bytes | memoryview, mtime: int, encoded: bytes,
                     uid: int, gid: int) -> None:

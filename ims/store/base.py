@@ -62,6 +62,8 @@ class UserInfo:
 
 class FolderReader(Protocol):
     state: FolderState
+    identity: int | None     # as StoreReader.folder_identity, from the open folder
+
 
     def open_message(self, entry: MessageEntry) -> tuple[int, os.stat_result] | None:
         """An open fd and its fstat, following a rename; None if the message is gone."""

@@ -165,6 +165,10 @@ class MaildirFolderReader:
                         raise LinkRefused(f"{folder_dir}/{sub} is a link or not a directory;"
                                           " not followed") from None
                     raise
+            # the folder's identity (StoreReader.folder_identity) from the cur/ just opened:
+            # no second walk of the path per folder
+            self.identity: int | None = (os.fstat(self.sub_fds["cur"]).st_ino
+                                         if "cur" in self.sub_fds else None)
             self.state = self._read_state(name)
         except BaseException:
             self.close()
@@ -478,7 +482,12 @@ class MaildirStore:
         return root / ("." + folder.replace("/", "."))  # a :UTF-8 store keeps names raw
 
     def open_folder(self, partition: str, user: str, folder: str) -> MaildirFolderReader:
-        return MaildirFolderReader(self.folder_dir(partition, user, folder), folder,
+        # the directory the user's listing found (no walk of the path and its names again:
+        # that cost more than the listing of a small folder); ``folder_dir`` otherwise
+        listed = self._cur.get((partition, user, folder))
+        directory = Path(listed[0]) if listed is not None else self.folder_dir(partition, user,
+                                                                                folder)
+        return MaildirFolderReader(directory, folder,
                                    self._listed.pop((partition, user, folder), None))
 
     def folder_identity(self, partition: str, user: str, folder: str) -> int | None:

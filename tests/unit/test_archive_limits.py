@@ -205,7 +205,7 @@ def test_the_writer_refuses_a_message_over_the_size_limit():
             writer.begin_large_message(b"primary/amy/INBOX/1.M1P1.a", size, CREATED, encoded,
                                        0, 0)
         assert "primary/amy/INBOX/1.M1P1.a" in str(refused.value)
-        assert writer.offset == 0 and not writer.sink.buffer
+        assert writer.offset == 0 and not writer.sink.queued
     finally:
         os.close(sink_fd)
 

@@ -1,0 +1,193 @@
+"""The store reader's hand-overs (ims/readahead.py) and the writer's queue (ims/archive/writer.py).
+
+The child queues items of many folders into one channel message, fills a slot with several
+batches (the last one gives it back), leaves the hash to the parent when the parent waits,
+and the parent writes message bytes straight from the slots with writev.  Here the slot and
+batch sizes are made tiny, so a small store crosses every boundary: a message of exactly a
+slot's size (and one byte either side), messages larger than a slot, hand-overs inside and
+across folders, hard links whose first copy went in an earlier batch, a message that vanishes
+in the middle of a batch.  Every archive must hold what the default sizes write."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from archive_reader import read_archive
+
+from ims import readahead
+from ims.archive import writer as writer_module
+from ims.archive.writer import ArchiveWriter, RecordSink
+from ims.backup import BackupOptions, BackupReport, run_backup
+from ims.config import Config
+from ims.names import resolve
+from ims.readahead import StoreReadAhead
+from ims.samplestore import SampleSpec, generate
+from ims.store.maildir import MaildirFolderReader, MaildirStore, folder_to_dirname
+
+SLOT = 64 << 10     # the slot size of the small runs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("batching") / "store"
+    generate(root, SampleSpec(users=4, messages_per_user=40, partitions=1, seed=3,
+                              link_fraction=0.4, extra_folders=2, size_cap=40 << 10))
+    inbox = next((root / "partitions").glob("*/*/Maildir"))
+    # around the small slot's size (SLOT - 1 bytes and up go in chunks), several slots
+    # long, empty; both sides of the default 8 MiB slot are covered by the default run
+    for number, size in enumerate((SLOT - 2, SLOT - 1, SLOT, 3 * SLOT + 5, 0, SLOT // 2)):
+        (inbox / "cur" / f"1700000000.M{number}P9.edge:2,S").write_bytes(
+            bytes((number + i) % 251 for i in range(size)))
+    os.link(inbox / "cur" / "1700000000.M5P9.edge:2,S",
+            inbox / "cur" / "1700000001.M5P9.twin:2,S")       # a link in the same folder
+    return root
+
+
+def backup(store: Path, out: Path) -> tuple[bytes, BackupReport]:
+    config = Config.load(store / "config")
+    maildirs = MaildirStore(config.msg.partitions(), "%u/Maildir")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        report = run_backup(config, maildirs, resolve(["/"], config, maildirs),
+                            ArchiveWriter(RecordSink(fd, 20, str(out))),
+                            BackupOptions(names=("/",)))
+    finally:
+        os.close(fd)
+    return out.read_bytes(), report
+
+
+def members(stream: bytes) -> list[tuple]:
+    """Every member but the header and trailer, JSON members without their time."""
+    archive = read_archive(stream)
+    return [(m.name, m.typeflag, m.linkname, m.size, m.data, sorted(m.pax.items()),
+             None if m.kind in ("user", "folder") else m.mtime)
+            for m in archive.members if m.kind not in ("header", "trailer")]
+
+
+def small_sizes(monkeypatch: pytest.MonkeyPatch, batch_bytes: int, batch_messages: int) -> None:
+    monkeypatch.setattr(readahead, "SLOT_SIZE", SLOT)
+    monkeypatch.setattr(readahead, "BATCH_BYTES", batch_bytes)
+    monkeypatch.setattr(readahead, "BATCH_MESSAGES", batch_messages)
+
+
+@pytest.fixture(scope="module")
+def reference(store: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
+    stream, report = backup(store, tmp_path_factory.mktemp("ref") / "a.ims")
+    assert report.links > 0 and report.messages > 100 and not report.skipped
+    return members(stream)
+
+
+@pytest.mark.parametrize("batch_bytes, batch_messages, parent_hashes", [
+    (1, 1, None),               # a hand-over after every message
+    (SLOT // 3, 7, None),       # several batches per slot, hand-overs inside folders
+    (1 << 30, 1 << 30, None),   # only a full slot hands over: many folders per message
+    (SLOT // 3, 7, True),       # every hash made by the parent
+    (SLOT // 3, 7, False),      # every hash made by the child
+])
+def test_small_slots_and_batches_write_the_same_archive(
+        store, reference, tmp_path, monkeypatch, batch_bytes, batch_messages, parent_hashes):
+    small_sizes(monkeypatch, batch_bytes, batch_messages)
+    if parent_hashes is not None:
+        monkeypatch.setattr(StoreReadAhead, "_parent_idle", lambda self: parent_hashes)
+    stream, report = backup(store, tmp_path / "a.ims")
+    assert not report.skipped
+    assert members(stream) == reference
+
+
+def test_the_data_of_each_message_is_its_file(store, reference):
+    """The reference itself: each data member holds its file's bytes; each inode is stored
+    once, the other names link to the first."""
+    partitions = store / "partitions" / "primary"
+    stored: dict[tuple[int, int], str] = {}
+    for name, typeflag, linkname, _, data, pax, _ in reference:
+        if dict(pax).get("IMS.type") != "message":
+            continue
+        _, user, *folder, key = name.split("/")
+        directory = partitions / user / "Maildir"
+        if folder != ["INBOX"]:
+            directory = directory / folder_to_dirname("/".join(folder))
+        path = next(p for sub in ("cur", "new") for p in (directory / sub).iterdir()
+                    if p.name.partition(":")[0] == key)
+        st = path.stat()
+        if typeflag == b"0":
+            assert data == path.read_bytes() and (st.st_dev, st.st_ino) not in stored
+            stored[(st.st_dev, st.st_ino)] = name
+        else:
+            assert stored[(st.st_dev, st.st_ino)] == linkname
+
+
+def test_a_message_that_vanishes_in_a_batch_is_counted_and_the_rest_written(
+        store, reference, tmp_path, monkeypatch):
+    small_sizes(monkeypatch, SLOT // 3, 7)
+    real_open = MaildirFolderReader.open_message
+    gone = {"1700000000.M1P9.edge", "1700000000.M5P9.edge"}    # the second has a twin
+
+    def open_message(self, entry):
+        if entry.key in gone:
+            return None
+        return real_open(self, entry)
+    monkeypatch.setattr(MaildirFolderReader, "open_message", open_message)
+    stream, report = backup(store, tmp_path / "a.ims")
+    assert report.vanished == 2 and not report.skipped
+    written = members(stream)
+    names = {m[0] for m in written}
+    assert not any(name.rsplit("/", 1)[1] in gone for name in names)
+    twin = next(m for m in written if m[0].endswith("1700000001.M5P9.twin"))
+    assert twin[1] == b"0" and twin[4] == bytes((5 + i) % 251 for i in range(SLOT // 2))
+    # the rest as the reference has it (the folder member lists the vanished too)
+    kept = [m for m in reference if m[0].rsplit("/", 1)[1] not in gone
+            and not m[0].endswith("twin")]
+    assert [m for m in written if not m[0].endswith("twin")] == kept
+
+
+def test_a_message_whose_read_fails_is_skipped_and_named(store, tmp_path, monkeypatch):
+    small_sizes(monkeypatch, SLOT // 3, 7)
+    real_preadv = os.preadv
+    calls = 0
+
+    def preadv(fd, buffers, offset):
+        nonlocal calls
+        calls += 1
+        if calls == 20:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_preadv(fd, buffers, offset)
+    monkeypatch.setattr(os, "preadv", preadv)
+    _, report = backup(store, tmp_path / "a.ims")
+    assert len(report.skipped) == 1, report.skipped
+
+
+def test_writev_resumes_after_short_writes_and_keeps_whole_records(tmp_path, monkeypatch):
+    """The queue is written whole records at a time, a short writev resumed where it
+    stopped, the bytes past the last record kept as a copy (the view's memory is reused)."""
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def short_writev(fd, parts):
+        total = sum(len(p) for p in parts)
+        count = real_writev(fd, [bytes(b"".join(parts)[:max(total // 3, 1)])])
+        sizes.append(count)
+        return count
+    monkeypatch.setattr(os, "writev", short_writev)
+    monkeypatch.setattr(writer_module, "_IOV_MAX", 5)
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        sink = RecordSink(fd, 2, str(out))
+        scratch = bytearray(3000)
+        expected = bytearray()
+        for round_ in range(7):
+            scratch[:] = bytes((round_ * 7 + i) % 256 for i in range(3000))
+            for piece in (b"", memoryview(scratch)[:1500], b"h" * 700, memoryview(scratch)[1500:]):
+                sink.write(piece)
+                expected += piece
+            sink.settle()
+            assert sink.written % 1024 == 0 and sink.queued < 1024
+            assert all(not isinstance(p, memoryview) or p.obj is not scratch for p in sink.parts)
+        sink.close()
+    finally:
+        os.close(fd)
+    expected += b"\0" * (-len(expected) % 1024)
+    assert out.read_bytes() == bytes(expected) and len(sizes) > 7
