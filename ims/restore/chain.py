@@ -217,7 +217,9 @@ def _take_state(chain: MergedChain, state: FolderRecord, at: StateRef | None) ->
         chain.states[folder_key] = chain.by_identity[identity_key]
     elif not state.unchanged or folder_key not in chain.states:
         chain.states[folder_key] = at if at is not None else state
-    if at is not None and state.identity is not None:
+    # only a listed state is what a renamed folder's identity leads to: a version 1
+    # unchanged member has a place too, but no messages
+    if at is not None and not state.unchanged and state.identity is not None:
         chain.by_identity[identity_key] = at
 
 
