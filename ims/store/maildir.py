@@ -324,6 +324,14 @@ def _parse_info(info: str, keywords: list[str]) -> tuple[str, tuple[str, ...]]:
     return "".join(sorted(flags)), tuple(names)
 
 
+def _canonical(dirname: str) -> bool:
+    """True when a folder directory's name is the one Dovecot writes for its folder."""
+    try:
+        return folder_to_dirname(dirname_to_folder(dirname)) == dirname
+    except ValueError:
+        return False
+
+
 class MaildirStore:
     """Read access to a Dovecot Maildir++ store laid out over named partitions."""
 
@@ -440,34 +448,44 @@ class MaildirStore:
                 raise               # only a missing cur/ means there is no INBOX
         names: list[str] = []
         refused: list[tuple[str, str]] = []
+        holder: dict[str, str] = {INBOX: "the Maildir itself"} if found else {}
         root_real: str | None = None     # resolved only for a link (a walk of the path)
-        with os.scandir(root) as entries:
-            for entry in entries:
-                if (not entry.name.startswith(".") or entry.name in (".", "..")
-                        or len(entry.name) < 2 or not entry.is_dir()):
+        with os.scandir(root) as scan:
+            entries = [e for e in scan if e.name.startswith(".") and len(e.name) >= 2
+                       and e.name != ".." and e.is_dir()]
+        # Two directories can decode to one folder name (a stray ".INBOX", or a raw UTF-8
+        # name beside its modified UTF-7 form): the one in Dovecot's own encoding is the
+        # folder, any other is named and left out, never taken for it in silence.
+        entries.sort(key=lambda e: (not _canonical(e.name), e.name))
+        for entry in entries:
+            try:
+                name = dirname_to_folder(entry.name)
+            except ValueError:
+                # Not valid mUTF-7 (for example a store kept with :UTF-8): keep it as is.
+                name = entry.name[1:].replace(".", "/")
+            try:
+                cur = os.stat(os.path.join(entry.path, "cur"))
+                if not stat.S_ISDIR(cur.st_mode):
                     continue
-                try:
-                    cur = os.stat(os.path.join(entry.path, "cur"))
-                    if not stat.S_ISDIR(cur.st_mode):
-                        continue
-                except (FileNotFoundError, NotADirectoryError):
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if name in holder:
+                refused.append((name, f"the directory {entry.name} holds the same folder"
+                                      f" name as {holder[name]}; not backed up (rename it"
+                                      " or merge it into the folder)"))
+                continue
+            if entry.is_symlink():
+                root_real = root_real or os.path.realpath(root)
+                verdict = self._link_verdict(Path(entry.path),
+                                             os.path.join(root_real, entry.name), "folder")
+                if verdict:
+                    refused.append((name, verdict))
                     continue
-                try:
-                    name = dirname_to_folder(entry.name)
-                except ValueError:
-                    # Not valid mUTF-7 (for example a store kept with :UTF-8): keep it as is.
-                    name = entry.name[1:].replace(".", "/")
-                if entry.is_symlink():
-                    root_real = root_real or os.path.realpath(root)
-                    verdict = self._link_verdict(Path(entry.path),
-                                                 os.path.join(root_real, entry.name), "folder")
-                    if verdict:
-                        refused.append((name, verdict))
-                        continue
-                seen = entry.stat()
-                self._listed[(partition, user, name)] = (seen.st_dev, seen.st_ino)
-                self._cur[(partition, user, name)] = (entry.path, cur)
-                names.append(name)
+            seen = entry.stat()
+            self._listed[(partition, user, name)] = (seen.st_dev, seen.st_ino)
+            self._cur[(partition, user, name)] = (entry.path, cur)
+            holder[name] = entry.name
+            names.append(name)
         if refused:
             self._refused[(partition, user)] = refused
         return found + sorted(names)
