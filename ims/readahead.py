@@ -6,17 +6,24 @@ holds the GIL, and the run got slower), so a forked child lists folders, opens, 
 hashes messages on the second core while the parent builds headers and writes the one
 single-copy stream (one stream, so more processes may feed it, but only one writes it).
 
-The child (``ims.helper``) walks the scope in stream order and sends items over a socketpair
-(length-prefixed pickles): ``UserItem``, then per folder to read a ``FolderItem``,
-``Batch``es of that folder's messages and ``FolderDone``.  In an incremental, the folders in
-which nothing changed since the date are decided in the child before the ``UserItem`` and
-travel in it (name and identity): nothing else is sent, listed or opened for them.  Message
-data goes through a few fixed shared-memory slots; the parent sends
-a slot's number back when it has copied the batch, so memory is bounded by
-``SLOTS x SLOT_SIZE`` whatever the store's size.  Single copy is decided in the child (it
-owns the table of inodes already read, in stream order), so a message whose data is already
-in the stream is not read again.  A message larger than a slot is hashed in a first pass,
-then sent in slot-sized chunks.
+The child (``ims.helper``) walks the scope in stream order and queues items: ``UserItem``,
+then per folder to read a ``FolderItem``, ``Batch``es of that folder's messages and
+``FolderDone``.  The queue goes over a socketpair as one length-prefixed pickle (a list of
+items) every BATCH_BYTES of message data or BATCH_MESSAGES messages, so the items of many
+small folders travel together (a message per folder had cost more than the folder's
+listing).  In an incremental, the folders in which nothing changed since the date are
+decided in the child before the ``UserItem`` and travel in it (name and identity): nothing
+else is sent, listed or opened for them.  Message data is read straight into a few fixed
+shared-memory slots, one read per message; a slot is filled by several batches, across
+folders, and the last batch to use it gives it back once the parent has written it out
+(the parent writes from the slot, with writev), so memory is bounded by
+``SLOTS x SLOT_SIZE`` whatever the store's size and the parent may fall two slots behind
+before the child waits.  The SHA-256 (the largest single cost) is made by whichever process
+has time: the child leaves it to the parent while the parent has given back every slot it
+was handed, and makes it itself otherwise.  Single copy is decided in the child (it owns
+the table of inodes already read, in stream order), so a message whose data is already in
+the stream is not read again.  A message larger than a slot is hashed in a first pass, then
+sent in slot-sized chunks.
 
 Failure behaviour: per-message problems become outcomes (vanished, skipped); an unexpected
 exception in the child is sent as a ``Failure`` and raised in the parent as InternalError; a
@@ -50,6 +57,10 @@ SLOTS = 3
 # back, so the parent can be up to two slots behind before the child waits.
 BATCH_BYTES = 1 << 20
 BATCH_MESSAGES = 1024
+# A slot takes no more messages once it holds SLOT_FILL bytes (a larger message still goes
+# in whole, up to SLOT_SIZE): the pages touched, which count in both processes' memory,
+# stay about 2 MiB a slot for ordinary mail, while the parent may be 2 slots behind.
+SLOT_FILL = 2 << 20
 
 
 @dataclass
@@ -266,14 +277,16 @@ class StoreReadAhead:
         self._hash_here = not self._parent_idle()
 
     def _parent_idle(self) -> bool:
-        """True when the parent has given back every slot it was handed: it keeps up, and
-        the hashing of the next messages is left to it.  Hashing is the largest single cost,
-        and the process that waits for the other takes it: the two stay busy together."""
+        """False when the parent holds every slot but the one being filled (the child is
+        about to wait for it): the child then hashes what it reads next; otherwise the
+        parent, which keeps up, is left the hashing.  Hashing is the largest single cost,
+        and the process that would wait for the other takes it: the two stay busy together
+        (measured: handing the hash to the child as soon as the parent had fallen one
+        slot, or one hand-over, behind left the child too much of it, and the run slower)."""
         if self.channel is None:
             return False
         self._free.extend(self.channel.slots_returned())
-        return len(self._free) + (self._fill is not None) >= SLOTS
-
+        return len(self._free) + (self._fill is not None) >= 2
     def _take_slot(self) -> int:
         assert self.channel is not None
         return self.channel.take_slot()
@@ -428,7 +441,7 @@ class StoreReadAhead:
                     self._send_large(fd, index, changed, st, mtime)
                 else:
                     used = self._used
-                    if self._fill is None or used + size + 1 > SLOT_SIZE:
+                    if self._fill is None or used + size + 1 > SLOT_SIZE or used >= SLOT_FILL:
                         if self._fill is not None:
                             queue(release=True)
                             self._hand_over()

@@ -69,6 +69,7 @@ def members(stream: bytes) -> list[tuple]:
 
 def small_sizes(monkeypatch: pytest.MonkeyPatch, batch_bytes: int, batch_messages: int) -> None:
     monkeypatch.setattr(readahead, "SLOT_SIZE", SLOT)
+    monkeypatch.setattr(readahead, "SLOT_FILL", SLOT // 2)   # a slot left half full, too
     monkeypatch.setattr(readahead, "BATCH_BYTES", batch_bytes)
     monkeypatch.setattr(readahead, "BATCH_MESSAGES", batch_messages)
 
