@@ -143,7 +143,7 @@ def parse_keywords_file(data: str) -> list[str]:
 class MaildirFolderReader:
     """An open folder: its state as listed, and access to its message files."""
 
-    def __init__(self, folder_dir: Path, name: str,
+    def __init__(self, folder_dir: Path | str, name: str,
                  listed_as: tuple[int, int] | None = None) -> None:
         self.path = folder_dir
         self.folder_fd = os.open(folder_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -503,8 +503,7 @@ class MaildirStore:
         # the directory the user's listing found (no walk of the path and its names again:
         # that cost more than the listing of a small folder); ``folder_dir`` otherwise
         listed = self._cur.get((partition, user, folder))
-        directory = Path(listed[0]) if listed is not None else self.folder_dir(partition, user,
-                                                                                folder)
+        directory = listed[0] if listed is not None else self.folder_dir(partition, user, folder)
         return MaildirFolderReader(directory, folder,
                                    self._listed.pop((partition, user, folder), None))
 

@@ -10,6 +10,8 @@ import base64
 
 
 def encode(name: str) -> str:
+    if "&" not in name and name.isascii() and name.isprintable():
+        return name         # most names, checked in C (a listing encodes every one)
     out: list[str] = []
     pending: list[str] = []
 
