@@ -55,6 +55,8 @@ class RecordSink:
         self.flush_at = max(_FLUSH_AT // self.record_size, 1) * self.record_size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` by reference: the caller leaves it unchanged until ``settle`` (or a
+        later write) has written it."""
         self.parts.append(data)
         self.queued += len(data)
         if self.queued >= self.flush_at or len(self.parts) >= _IOV_MAX:
@@ -193,7 +195,9 @@ class ArchiveWriter:
 
     def add_message(self, name: bytes, data: bytes | memoryview, mtime: int, encoded: bytes,
                     uid: int, gid: int) -> None:
-        """A message member with data; ``encoded`` is its pax payload (format.message_records)."""
+        """A message member with data; ``encoded`` is its pax payload (format.message_records).
+        ``data`` is written later, by reference: memory it views is reused only after
+        ``settle``."""
         size = len(data)
         _check_message_size(name, size)
         headers = fmt.member_headers(name, size, mtime, fmt.REGULAR, encoded=encoded,
