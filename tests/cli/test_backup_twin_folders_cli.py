@@ -30,6 +30,7 @@ def test_twin_folder_directories_are_named_and_left_out(fresh_store, tmp_path):
     make_dir_folder(maildir / ".Z&APw-rich", b"Subject: z\r\n\r\nencoded\r\n", "1700000002.M1P1.h")
     make_dir_folder(maildir / ".Zürich", b"Subject: raw\r\n\r\nraw\r\n", "1700000003.M1P1.h")
 
+    since = time.strftime("%Y%m%d:%H%M%S")            # at or before the full backup's start
     full = run_cmd("imsbackup", "-f", "-", "/", config_dir=config)
     assert full.returncode == 1, full.stderr
     stderr = full.stderr.decode()
@@ -40,7 +41,6 @@ def test_twin_folder_directories_are_named_and_left_out(fresh_store, tmp_path):
     assert b"encoded" in full.stdout
 
     time.sleep(1.1)
-    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 1))
     (maildir / "new" / "1999999999.M9P9.h").write_bytes(b"Subject: later\r\n\r\nlater\r\n")
     incremental = run_cmd("imsbackup", "-d", since, "-f", "-", "/", config_dir=config)
     assert incremental.returncode == 1, incremental.stderr

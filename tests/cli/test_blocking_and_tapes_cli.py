@@ -81,9 +81,9 @@ def test_a_b_that_disagrees_stays_an_error(fresh_store, tmp_path):
 
 def test_a_chain_of_mixed_blocking_factors(fresh_store, tmp_path):
     full = tmp_path / "full.ims"
+    since = time.strftime("%Y%m%d:%H%M%S")      # at or before the full backup's recorded start
     full.write_bytes(backup(fresh_store, "-b", "64", "/"))
     time.sleep(1.1)
-    since = time.strftime("%Y%m%d:%H%M%S", time.gmtime(time.time() - 1))
     user_dir = next((fresh_store / "partitions" / "primary").iterdir())
     new_mail = next((user_dir / "Maildir" / "cur").iterdir())
     (user_dir / "Maildir" / "new" / "1999999999.M1P1.test").write_bytes(b"Subject: later\r\n\r\nx\r\n")

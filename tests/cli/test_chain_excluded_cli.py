@@ -31,9 +31,9 @@ def test_a_folder_excluded_after_the_full_comes_back_from_the_full(fresh_store, 
     make_folder(maildir, "Keepsakes", b"Subject: keep\r\n\r\nkeep\r\n")
     make_folder(maildir, "Scratch", b"Subject: scratch\r\n\r\nscratch\r\n")
     full = tmp_path / "full.ims"
+    since = time.strftime("%Y%m%d:%H%M%S")   # at or before the full backup's recorded start
     run_cmd("imsbackup", "-f", str(full), "/", config_dir=config, check_rc=0)
-    time.sleep(1.1)
-    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 1))
+    time.sleep(1.1)                          # what follows is after the full backup
     run_cmd("configutil", "-o", "local.store.backup.exclude", "-v", "Keepsakes",
             config_dir=config, check_rc=0)
     shutil.rmtree(maildir / ".Scratch")                  # really deleted before the incremental

@@ -26,9 +26,10 @@ def test_a_merged_chain_holds_under_100_bytes_a_message_and_finds_every_one(tmp_
                                size_median=300, size_sigma=0.5))
     config = store / "config"
     full = tmp_path / "full.ims"
+    time.sleep(1.1)                          # the generated files are older than the date
+    since = time.strftime("%Y%m%d:%H%M%S")   # at or before the full backup's recorded start
     run_cmd("imsbackup", "-f", str(full), "/", config_dir=config, check_rc=0)
-    time.sleep(1.1)
-    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 1))
+    time.sleep(1.1)                          # what follows is after the full backup
     users = sorted((store / "partitions" / "primary").iterdir())
     (users[0] / "Maildir" / "new" / "1800000000.M1P1.bench").write_bytes(b"Subject: n\n\nnew\n")
     # a folder renamed, then changed: listed under its new name, its old messages' bytes
