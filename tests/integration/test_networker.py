@@ -111,19 +111,26 @@ def test_savegroup_then_recover_a_deleted_user_by_path(dovecot, mailstore, netwo
     assert snapshot(dovecot, "mike") == restored_whole(mike_before)
 
 
+def single_save_set_group(networker: Path, config: Path, tmp_path: Path, group: str) -> dict:
+    """The .res file and the NSR group and client of ``group`` with the backup directory as
+    the one save set, given to the stand-in's nsradmin; returns the client's attributes."""
+    run_cmd("imsconfig", "res", "--group", group, "--mkbackupdir", command("mkbackupdir"),
+            "-o", str(Path(os.environ["NSR_RES"]) / f"{group}.res"), config_dir=config, check_rc=0)
+    nsradmin_input = tmp_path / f"{group}.nsradmin"
+    run_cmd("imsconfig", "nsradmin", "--server", "nwserver", "--group", group, "--save-sets",
+            "single", "-o", str(nsradmin_input), config_dir=config, check_rc=0)
+    assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input),
+               config=config).returncode == 0
+    return standin.parse_nsradmin(nsradmin_input.read_text(), nsradmin_input.name)[1].attrs
+
+
 def test_single_save_set_saves_every_user_and_recovers_a_mailbox(dovecot, mailstore, networker,
                                                                   tmp_path):
     """Sun: "for a single session backup, use /backup" -- the backup directory as the only
     save set; every user's mailboxes are saved, and recovered by their placeholder paths."""
     config, backup = mailstore["config"], mailstore["backup"]
-    run_cmd("imsconfig", "res", "--group", "whole", "--mkbackupdir", command("mkbackupdir"),
-            "-o", str(Path(os.environ["NSR_RES"]) / "whole.res"), config_dir=config, check_rc=0)
-    nsradmin_input = tmp_path / "whole.nsradmin"
-    run_cmd("imsconfig", "nsradmin", "--server", "nwserver", "--group", "whole", "--save-sets",
-            "single", "-o", str(nsradmin_input), config_dir=config, check_rc=0)
-    client = standin.parse_nsradmin(nsradmin_input.read_text(), "whole.nsradmin")[1].attrs
+    client = single_save_set_group(networker, config, tmp_path, "whole")
     assert client["save set"] == [str(backup)]
-    assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input), config=config).returncode == 0
 
     mike_before = snapshot(dovecot, "mike")
     result = nsr(networker, "savegrp", "-G", "whole", config=config)
@@ -180,13 +187,7 @@ def test_relocated_recover_stores_the_stream_and_leaves_the_store_alone(dovecot,
     """recover -d DIR: the ASM is told -m SRC=DST; the mailbox's stream lands in DIR as an
     archive file, the live store is not touched, and the command printed restores it."""
     config, backup = mailstore["config"], mailstore["backup"]
-    run_cmd("imsconfig", "res", "--group", "reloc", "--mkbackupdir", command("mkbackupdir"),
-            "-o", str(Path(os.environ["NSR_RES"]) / "reloc.res"), config_dir=config, check_rc=0)
-    nsradmin_input = tmp_path / "reloc.nsradmin"
-    run_cmd("imsconfig", "nsradmin", "--server", "nwserver", "--group", "reloc", "--save-sets",
-            "single", "-o", str(nsradmin_input), config_dir=config, check_rc=0)
-    assert nsr(networker, "nsradmin", "-s", "nwserver", "-i", str(nsradmin_input),
-               config=config).returncode == 0
+    single_save_set_group(networker, config, tmp_path, "reloc")
     assert nsr(networker, "savegrp", "reloc", config=config).returncode == 0
     before = snapshot(dovecot, "amy")
     maildir = mailstore["partitions"]["primary"] / "amy" / "Maildir"
