@@ -16,9 +16,9 @@ decided in the child before the ``UserItem`` and travel in it (name and identity
 else is sent, listed or opened for them.  Message data is read straight into a few fixed
 shared-memory slots, one read per message; a slot is filled by several batches, across
 folders, and the last batch to use it gives it back once the parent has written it out
-(the parent writes from the slot, with writev), so memory is bounded by
-``SLOTS x SLOT_SIZE`` whatever the store's size and the parent may fall two slots behind
-before the child waits.  The SHA-256 (the largest single cost) is made by whichever process
+(the parent writes from the slot, with writev), so memory stays about ``SLOTS x SLOT_FILL``
+whatever the store's size (a larger message touches up to SLOT_SIZE for a moment) and the
+parent may fall three slots behind before the child waits.  The SHA-256 (the largest single cost) is made by whichever process
 has time: the child leaves it to the parent while the parent has given back every slot it
 was handed, and makes it itself otherwise.  Single copy is decided in the child (it owns
 the table of inodes already read, in stream order), so a message whose data is already in
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,18 +50,23 @@ from ims.names import Scope, select_folders
 from ims.singlecopy import LinkTable
 from ims.store.base import FolderState, MessageEntry, StoreReader, UserInfo
 
-SLOT_SIZE = 8 << 20        # also the largest message sent whole; larger ones go in chunks
-SLOTS = 3
+SLOT_SIZE = 4 << 20        # also the largest message sent whole; larger ones go in chunks
+SLOTS = 4
 # What the child has read is handed over (one pickle, one send) when its data reaches
 # BATCH_BYTES or it holds BATCH_MESSAGES messages and listed entries: items of many small
-# folders travel together, and a slot is filled by several hand-overs before it is given
-# back, so the parent can be up to two slots behind before the child waits.
+# folders travel together, and a slot may be filled by several hand-overs before it is given
+# back; the parent can be up to three slots behind before the child waits.
 BATCH_BYTES = 1 << 20
 BATCH_MESSAGES = 1024
-# A slot takes no more messages once it holds SLOT_FILL bytes (a larger message still goes
-# in whole, up to SLOT_SIZE): the pages touched, which count in both processes' memory,
-# stay about 2 MiB a slot for ordinary mail, while the parent may be 2 slots behind.
-SLOT_FILL = 2 << 20
+# A slot takes messages while they fit in its first SLOT_FILL bytes; a larger message goes
+# alone in a slot (whole up to SLOT_SIZE, in SLOT_FILL chunks above).  The slots' pages count
+# in both processes' memory once touched, so the pages above SLOT_FILL that a larger message
+# touched are given back to the system when its slot comes back (``_reclaim``): ordinary
+# mail keeps SLOTS x SLOT_FILL resident.  Measured on the benchmark store: 3 slots filled to
+# 2 MiB or more (a message could cross the mark) grew to 12 MiB of slot pages in each
+# process; 3 slots of 1 MiB made the run 25 % slower (the parent's slack is too short); 4 of
+# 1 MiB keep the speed of 3 of 2 MiB.
+SLOT_FILL = 1 << 20
 
 
 @dataclass
@@ -226,6 +232,7 @@ class StoreReadAhead:
         self._fill: int | None = None
         self._used = 0
         self._unsent = 0            # bytes of the slot not yet handed over
+        self._touched = [0] * SLOTS  # how far into each slot pages may be resident
         self._hash_here = True      # whether the child hashes what it reads next
 
     # -- parent side -----------------------------------------------------------------
@@ -285,11 +292,21 @@ class StoreReadAhead:
         slot, or one hand-over, behind left the child too much of it, and the run slower)."""
         if self.channel is None:
             return False
-        self._free.extend(self.channel.slots_returned())
+        for slot in self.channel.slots_returned():
+            self._free.append(self._reclaim(slot))
         return len(self._free) + (self._fill is not None) >= 2
     def _take_slot(self) -> int:
         assert self.channel is not None
-        return self.channel.take_slot()
+        return self._reclaim(self.channel.take_slot())
+
+    def _reclaim(self, slot: int) -> int:
+        """A slot given back: the pages a larger message touched above SLOT_FILL are
+        released (MADV_REMOVE frees a shared mapping's pages in both processes), so slot
+        memory stays about SLOT_FILL a slot after a large message."""
+        if self._touched[slot] > SLOT_FILL:
+            self.helper.slots[slot].madvise(mmap.MADV_REMOVE, SLOT_FILL, SLOT_SIZE - SLOT_FILL)
+            self._touched[slot] = SLOT_FILL
+        return slot
 
     def _child_main(self) -> None:
         try:
@@ -405,6 +422,8 @@ class StoreReadAhead:
                 self._pending_count += len(batch)
                 batch = []
             if release:
+                assert self._fill is not None
+                self._touched[self._fill] = max(self._touched[self._fill], self._used)
                 self._fill, self._used = None, 0
 
         for index, entry in enumerate(reader.state.messages):
@@ -441,7 +460,7 @@ class StoreReadAhead:
                     self._send_large(fd, index, changed, st, mtime)
                 else:
                     used = self._used
-                    if self._fill is None or used + size + 1 > SLOT_SIZE or used >= SLOT_FILL:
+                    if self._fill is None or (used and used + size + 1 > SLOT_FILL):
                         if self._fill is not None:
                             queue(release=True)
                             self._hand_over()
@@ -475,8 +494,8 @@ class StoreReadAhead:
 
     def _send_large(self, fd: int, index: int, changed: tuple | None,
                     st: os.stat_result, mtime: int) -> None:
-        """A message larger than a slot: hashed in a first pass, then sent in slot-sized
-        chunks, each a slot of its own (nothing else is queued meanwhile)."""
+        """A message larger than a slot: hashed in a first pass, then sent in SLOT_FILL
+        chunks, each in a slot of its own (nothing else is queued meanwhile)."""
         size = st.st_size
         digest = hashlib.sha256()
         position = 0
@@ -496,7 +515,7 @@ class StoreReadAhead:
         while position < size:
             slot = self._slot()
             try:
-                count = os.preadv(fd, [self.views[slot][:min(SLOT_SIZE, size - position)]],
+                count = os.preadv(fd, [self.views[slot][:min(SLOT_FILL, size - position)]],
                                   position)
             except OSError:
                 count = 0       # the member is already announced: it ends short, and is named

@@ -37,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               link_fraction=0.4, extra_folders=2, size_cap=40 << 10))
     inbox = next((root / "partitions").glob("*/*/Maildir"))
     # around the small slot's size (SLOT - 1 bytes and up go in chunks), several slots
-    # long, empty; both sides of the default 8 MiB slot are covered by the default run
+    # long, empty; above the small SLOT_FILL, so slots are reclaimed while in use
     for number, size in enumerate((SLOT - 2, SLOT - 1, SLOT, 3 * SLOT + 5, 0, SLOT // 2)):
         (inbox / "cur" / f"1700000000.M{number}P9.edge:2,S").write_bytes(
             bytes((number + i) % 251 for i in range(size)))
@@ -158,6 +158,26 @@ def test_a_message_whose_read_fails_is_skipped_and_named(store, tmp_path, monkey
     monkeypatch.setattr(os, "preadv", preadv)
     _, report = backup(store, tmp_path / "a.ims")
     assert len(report.skipped) == 1, report.skipped
+
+
+def test_a_slot_given_back_loses_its_pages_above_the_fill_and_keeps_the_rest(
+        store, monkeypatch):
+    """``_reclaim``: after a message larger than SLOT_FILL, the slot's pages above SLOT_FILL
+    are released (they read as zeros again); those below are left as they were (reused as
+    they are, no page faults for ordinary mail)."""
+    small_sizes(monkeypatch, SLOT // 3, 7)
+    reader = StoreReadAhead(None, None, [], None, 1, False)     # type: ignore[arg-type]
+    fill = readahead.SLOT_FILL
+    view = reader.views[1]
+    view[:] = b"\xab" * SLOT
+    reader._touched[1] = fill                # nothing above the fill: left alone
+    assert reader._reclaim(1) == 1 and bytes(view) == b"\xab" * SLOT
+    reader._touched[1] = SLOT - 2
+    assert reader._reclaim(1) == 1
+    assert bytes(view[:fill]) == b"\xab" * fill
+    assert bytes(view[fill:]) == bytes(SLOT - fill)
+    assert reader._touched[1] == fill
+    reader.helper.stop()
 
 
 def test_writev_resumes_after_short_writes_and_keeps_whole_records(tmp_path, monkeypatch):
