@@ -349,6 +349,12 @@ class StoreReadAhead:
         unchanged, to_read = self._split_unchanged(partition, user, folders)
         self._put(UserItem(partition, user, group, info, folders, excluded,
                            unchanged=unchanged))
+        # an incremental of an unchanged store reads no message: without this count its
+        # items would all travel in one message at the end (measured: 9 MiB more in the
+        # parent for 19,000 folders)
+        self._pending_count += 1 + len(folders) + len(unchanged)
+        if self._pending_count >= BATCH_MESSAGES:
+            self._hand_over()
         for folder, why in refused:
             # named among the skipped items: the run exits 1, never silently short
             self._put(FolderItem(f"/{partition}/{group}/{user}/{folder}", partition, user,

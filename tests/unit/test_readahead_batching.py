@@ -11,7 +11,9 @@ in the middle of a batch.  Every archive must hold what the default sizes write.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from ims.archive import writer as writer_module
 from ims.archive.writer import ArchiveWriter, RecordSink
 from ims.backup import BackupOptions, BackupReport, run_backup
 from ims.config import Config
+from ims.helper import Channel
 from ims.names import resolve
 from ims.readahead import StoreReadAhead
 from ims.samplestore import SampleSpec, generate
@@ -46,14 +49,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def backup(store: Path, out: Path) -> tuple[bytes, BackupReport]:
+def backup(store: Path, out: Path, since: float | None = None) -> tuple[bytes, BackupReport]:
     config = Config.load(store / "config")
     maildirs = MaildirStore(config.msg.partitions(), "%u/Maildir")
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         report = run_backup(config, maildirs, resolve(["/"], config, maildirs),
                             ArchiveWriter(RecordSink(fd, 20, str(out))),
-                            BackupOptions(names=("/",)))
+                            BackupOptions(names=("/",), since=since))
     finally:
         os.close(fd)
     return out.read_bytes(), report
@@ -158,6 +161,28 @@ def test_a_message_whose_read_fails_is_skipped_and_named(store, tmp_path, monkey
     monkeypatch.setattr(os, "preadv", preadv)
     _, report = backup(store, tmp_path / "a.ims")
     assert len(report.skipped) == 1, report.skipped
+
+
+def test_an_incremental_of_an_unchanged_store_hands_over_as_it_goes(store, tmp_path,
+                                                                    monkeypatch):
+    """Unchanged folders count towards a hand-over like listed messages: an incremental that
+    reads nothing still sends its users a few at a time, not all in one message at the end
+    (which had held every user's folders in both processes at once)."""
+    small_sizes(monkeypatch, SLOT // 3, 8)
+    received: list[int] = []
+    real_receive = Channel.receive
+
+    def receive(self):
+        ok, message = real_receive(self)
+        if ok and isinstance(message, list):
+            received.append(len(message))
+        return ok, message
+    monkeypatch.setattr(Channel, "receive", receive)
+    stream, report = backup(store, tmp_path / "i.ims", since=time.time() + 60)
+    assert report.messages == 0 and not report.skipped
+    users = [m for m in read_archive(stream).members if m.kind == "user"]
+    assert len(users) == 4 and all(json.loads(m.data)["unchanged"] for m in users)
+    assert len(received) >= 2 and max(received) <= 2, received
 
 
 def test_a_slot_given_back_loses_its_pages_above_the_fill_and_keeps_the_rest(
