@@ -221,6 +221,11 @@ class ArchiveHeader:
     def kind(self) -> str:
         return FULL if self.since is None else INCREMENTAL
 
+    @property
+    def version(self) -> int:
+        """The archive format version it was read with (checked by the reader)."""
+        return int(self.raw.get("version", 1))
+
     @classmethod
     def decode(cls, body: Mapping[str, Any], where: str) -> "ArchiveHeader":
         c = _Check(where, body)

@@ -131,7 +131,7 @@ class _Folder:
 class Engine:
     def __init__(self, store: StoreWriter, options: RestoreOptions, decide: Decide, *,
                  has_full: bool, backup_created: int, fetch: Fetch | None = None,
-                 emit: Callable[[str], None] | None = None) -> None:
+                 emit: Callable[[str], None] | None = None, forget_linked: bool = False) -> None:
         self.store = store
         self.options = options
         self.decide = decide
@@ -141,6 +141,13 @@ class Engine:
         self.emit = emit
         self.report = RestoreReport()
         self.restored: dict[str, Any] = {}    # member name -> RestoredFile (shared inodes only)
+        # One archive of format version 2 or later: its backup named a first copy in link
+        # members only until it had seen as many links as the inode had (``st_nlink`` at
+        # each sight, ims/singlecopy.py), and never named a link member.  The same count
+        # here forgets a first copy once its last link is placed, so what is remembered is
+        # the shared messages whose other links are still to come, not every one restored.
+        self.forget_linked = forget_linked
+        self._links_seen: dict[str, int] = {}  # first copy -> sights so far, while < st_nlink
         self.hits = [False] * len(options.patterns)   # which NAMEs matched something
         self._user: _User | None = None
         self._folder: _Folder | None = None
@@ -383,13 +390,14 @@ class Engine:
         if source is Source.LINK:
             first = self.restored[linkname]
             try:
-                self._remember(name, record, writer.add_link(record, first))
+                self._remember_link(name, linkname, record, writer.add_link(record, first))
                 return
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOENT, errno.EMLINK):
                     raise
                 if exc.errno != errno.ENOENT:       # another file system: copy the bytes
-                    self._remember(name, record, writer.add(record, self.store.read_file(first)))
+                    self._remember_link(name, linkname, record,
+                                        writer.add(record, self.store.read_file(first)))
                     return
             source = Source.FETCH if self.fetch is not None else Source.UNRESOLVED
         if source is Source.FETCH:
@@ -402,8 +410,12 @@ class Engine:
                             f" target {linkname} is not in the archive")
                 return
             placed = writer.add(record, fetched)
-            self.restored[name] = placed
+            # later links to the same first copy become links to this one
             self.restored.setdefault(linkname, placed)
+            if self.forget_linked:
+                self._remember_link(name, linkname, record, placed)
+            else:
+                self.restored[name] = placed
             return
         if source is Source.UNRESOLVED:
             partition, user, target_folder = folder.target
@@ -419,6 +431,20 @@ class Engine:
     def _remember(self, name: str, record: MessageRecord, placed: Any) -> None:
         if record.links > 1:
             self.restored[name] = placed
+
+    def _remember_link(self, name: str, linkname: str, record: MessageRecord,
+                       placed: Any) -> None:
+        """A link member placed: remembered by its own name too (a chain restore may take a
+        later link's first copy from another archive), or, with ``forget_linked``, counted as
+        a sight of its first copy, which is forgotten after its last link."""
+        if not self.forget_linked:
+            self._remember(name, record, placed)
+            return
+        seen = self._links_seen.pop(linkname, 1) + 1
+        if seen < record.links:
+            self._links_seen[linkname] = seen
+        else:
+            self.restored.pop(linkname, None)
 
     # -- driving ---------------------------------------------------------------------------
 

@@ -100,7 +100,8 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
     else:
         feed = feed_archive(reader)
     engine = Engine(writer, options, decide, has_full=order.has_full,
-                    backup_created=header.created, fetch=fetch, emit=emit)
+                    backup_created=header.created, fetch=fetch, emit=emit,
+                    forget_linked=header.version >= 2)
     engine.report.notes.extend(order.notes + name_notes)
     return engine.run(feed), header
 

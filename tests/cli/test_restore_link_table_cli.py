@@ -1,0 +1,98 @@
+"""A restore remembers where a shared message's first copy went only while links to it are
+still to come (ims/restore/engine.py, ``forget_linked``): the backup named a first copy in
+link members until it had seen as many links as the inode had, and the restore counts the
+same way.  Every link still comes back as a link, from a file and from a pipe (where a first
+copy forgotten too early could not be fetched again and would be left unresolved), and a
+first copy whose other links are not in the archive is kept to the end, not dropped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cmd
+
+from ims.restore import engine as engine_module
+
+SHARED_BODY = b"Subject: to four users\n\nsame file, four links\n"
+
+
+def link_into_users(store: Path, count: int, name: str, body: bytes) -> list[Path]:
+    """One message file linked into the INBOX cur/ of ``count`` users, as LMTP delivers to
+    several recipients (the same base name in each)."""
+    users = sorted(user for partition in (store / "partitions").iterdir()
+                   for user in partition.iterdir())[:count]
+    first = users[0] / "Maildir" / "cur" / name
+    first.write_bytes(body)
+    for user in users[1:]:
+        os.link(first, user / "Maildir" / "cur" / name)
+    return [user / "Maildir" / "cur" / name for user in users]
+
+
+def member_name(path: Path) -> str:
+    """The archive's member name of an INBOX message file (partition/user/INBOX/key)."""
+    user = path.parent.parent.parent
+    return f"{user.parent.name}/{user.name}/INBOX/{path.name.partition(':')[0]}"
+
+
+def remove_users(store: Path) -> None:
+    for partition in (store / "partitions").iterdir():
+        for user in partition.iterdir():
+            shutil.rmtree(user)
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_every_link_comes_back_as_a_link(fresh_store, tmp_path, source):
+    paths = link_into_users(fresh_store, 4, "1700000000.M1P1.shared:2,S", SHARED_BODY)
+    assert os.stat(paths[0]).st_nlink == 4
+    archive = tmp_path / "full.ims"
+    config = fresh_store / "config"
+    run_cmd("imsbackup", "-f", str(archive), "/", config_dir=config, check_rc=0)
+    remove_users(fresh_store)
+    if source == "file":
+        result = run_cmd("imsrestore", "-f", str(archive), "/", config_dir=config)
+    else:
+        with open(archive, "rb") as stream:
+            result = run_cmd("imsrestore", "-f", "-", config_dir=config, stdin=stream)
+    assert result.returncode == 0, result.stderr
+    assert b"unresolved" not in result.stderr
+    inodes = {os.stat(path).st_ino for path in paths}
+    assert len(inodes) == 1 and os.stat(paths[0]).st_nlink == 4
+    assert all(path.read_bytes() == SHARED_BODY for path in paths)
+
+
+def test_a_first_copy_is_forgotten_after_its_last_link_and_kept_while_links_may_come(
+        fresh_store, tmp_path, monkeypatch):
+    """In-process, to see the table: after a whole restore, a first copy whose every link
+    was in the archive is no longer remembered; one whose inode had a link the backup left
+    out (a folder excluded from it) is still there, as the count never reached its links."""
+    all_in = link_into_users(fresh_store, 3, "1700000000.M2P2.allin:2,S", b"all in\n")
+    partly = link_into_users(fresh_store, 2, "1700000000.M3P3.partly:2,S", b"partly\n")
+    outside = fresh_store / "outside-the-store"
+    outside.mkdir()
+    os.link(partly[0], outside / "extra-link")        # a third link the backup never sees
+    config = fresh_store / "config"
+    archive = tmp_path / "full.ims"
+    run_cmd("imsbackup", "-f", str(archive), "/", config_dir=config, check_rc=0)
+    remove_users(fresh_store)
+
+    engines: list[engine_module.Engine] = []
+    real_run = engine_module.Engine.run
+
+    def run(self, feed):
+        engines.append(self)
+        return real_run(self, feed)
+    monkeypatch.setattr(engine_module.Engine, "run", run)
+    monkeypatch.setenv("IMS_CONFIG_DIR", str(config))
+    from ims.cli import imsrestore
+    assert imsrestore.main(["-f", str(archive), "/"]) == 0
+    engine = engines[0]
+    assert engine.forget_linked
+    first_all_in = member_name(all_in[0])
+    first_partly = member_name(partly[0])
+    assert first_all_in not in engine.restored
+    assert first_partly in engine.restored
+    assert os.stat(all_in[0]).st_ino == os.stat(all_in[2]).st_ino
+    assert os.stat(partly[0]).st_ino == os.stat(partly[1]).st_ino
