@@ -8,8 +8,8 @@ it is kept small:
 
 - an inode's entry is dropped once as many links were seen as the inode has (``st_nlink``
   at each sight): no further copy of it can come, and most shared inodes have two links;
-- keys are one int (device and inode), names the member name's bytes; a count is kept only
-  for inodes of more than two links.
+- the entries are kept in an ``ims.spilledmap.SpilledMap``: the inode, device and links
+  seen in an array (64 bytes an inode), the member names in an unlinked temporary file.
 
 Dropping an entry early never loses mail: a link seen after it (one made during the backup,
 so that ``st_nlink`` grew) is archived as data again, like any message.
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import os
 
+from ims.spilledmap import SpilledMap
+
 
 class LinkTable:
     def __init__(self) -> None:
-        self._first: dict[int, bytes] = {}     # inode -> member name of its first copy
-        self._seen: dict[int, int] = {}        # inode -> links seen, for st_nlink > 2
+        # inode, device -> member name of its first copy, and the links seen so far
+        self._first = SpilledMap()
 
     def __len__(self) -> int:
         return len(self._first)
@@ -31,18 +33,18 @@ class LinkTable:
     def first_copy(self, st: os.stat_result) -> bytes | None:
         """The member name of the inode's copy already in the stream, or None; counts this
         sight as one of its links."""
-        key = (st.st_dev << 64) | st.st_ino
-        name = self._first.get(key)
-        if name is None:
+        found = self._first.get(st.st_ino, st.st_dev)
+        if found is None:
             return None
-        seen = self._seen.pop(key, 1) + 1
+        name, seen = found
+        seen += 1
         if seen < st.st_nlink:
-            self._seen[key] = seen
+            self._first.set_count(st.st_ino, st.st_dev, seen)
         else:
-            del self._first[key]            # every link is in the stream now
+            self._first.remove(st.st_ino, st.st_dev)    # every link is in the stream now
         return name
 
     def add(self, st: os.stat_result, name: bytes) -> None:
         """The inode's first copy is in the stream as ``name``."""
         if st.st_nlink > 1:
-            self._first[(st.st_dev << 64) | st.st_ino] = name
+            self._first.put(st.st_ino, st.st_dev, name, 1)

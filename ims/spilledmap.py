@@ -1,0 +1,158 @@
+"""A map from a pair of 64-bit integers to a byte string and a count, for the tables that
+hold one entry per shared message still waiting for its other links: the backup's
+single-copy table (``ims.singlecopy``) and the restore's table of first copies
+(``ims.restore.engine``).  Both grow with the store's shared messages; as Python dicts they
+cost 200 to 350 bytes an entry (at 1,000,000 messages about 20 MiB in each process).
+
+Here the keys and the count live in one ``array('Q')`` of four words a slot (open
+addressing, linear probing, at most half full: 64 bytes an entry), and the byte strings in an
+unlinked temporary file (``tempfile.TemporaryFile``: no name, freed with the process), read
+back with one ``pread`` when looked up.  Strings are appended and never rewritten; a removed
+entry's bytes stay in the file (a few tens of bytes a shared message on disk, not in memory).
+Without a usable temporary directory the strings stay in memory, as they did before.
+
+Failure behaviour: an ``OSError`` writing or reading the temporary file propagates (the
+caller's run fails as on any other write error); nothing is lost in silence.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from array import array
+
+_EMPTY = 0                  # offset word of an empty slot (offsets are stored plus one)
+_WIDTH = 4                  # words a slot: key1, key2, offset + 1, count
+_MASK64 = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15   # spreads keys that differ in their low bits (inode numbers)
+
+
+class SpilledMap:
+    def __init__(self, capacity: int = 1024) -> None:
+        bits = 4
+        while 1 << bits < capacity:
+            bits += 1
+        self._bits = bits
+        self._size = size = 1 << bits
+        self._slots = array("Q", bytes(8 * _WIDTH * size))
+        self._count = 0
+        self._memory: bytearray | None = None
+        self._end = 0
+        try:
+            self._file = tempfile.TemporaryFile(prefix="ims-links-")
+            self._fd = self._file.fileno()
+        except OSError:
+            self._file = None
+            self._fd = -1
+            self._memory = bytearray()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _home(self, key1: int, key2: int) -> int:
+        # Fibonacci hashing: the product's top bits, which every bit of the keys reaches
+        return (((key1 ^ (key2 * _MIX)) * _MIX) & _MASK64) >> (64 - self._bits)
+
+    def _find(self, key1: int, key2: int) -> int:
+        """The slot holding the key, or the empty slot where it would go."""
+        slots = self._slots
+        mask = self._size - 1
+        index = self._home(key1, key2)
+        while True:
+            base = index * _WIDTH
+            if slots[base + 2] == _EMPTY:
+                return index
+            if slots[base] == key1 and slots[base + 1] == key2:
+                return index
+            index = (index + 1) & mask
+
+    def get(self, key1: int, key2: int) -> tuple[bytes, int] | None:
+        """(the bytes, the count) stored under the key, or None."""
+        base = self._find(key1, key2) * _WIDTH
+        slots = self._slots
+        if slots[base + 2] == _EMPTY:
+            return None
+        return self._read(slots[base + 2] - 1), slots[base + 3]
+
+    def put(self, key1: int, key2: int, value: bytes, count: int = 1) -> None:
+        """Store ``value`` and ``count`` under the key (replacing what it had)."""
+        if 2 * (self._count + 1) > self._size:
+            self._grow()
+        base = self._find(key1, key2) * _WIDTH
+        slots = self._slots
+        if slots[base + 2] == _EMPTY:
+            self._count += 1
+        slots[base] = key1
+        slots[base + 1] = key2
+        slots[base + 2] = self._write(value) + 1
+        slots[base + 3] = count
+
+    def set_count(self, key1: int, key2: int, count: int) -> None:
+        base = self._find(key1, key2) * _WIDTH
+        if self._slots[base + 2] == _EMPTY:
+            raise KeyError((key1, key2))
+        self._slots[base + 3] = count
+
+    def remove(self, key1: int, key2: int) -> None:
+        """Forget the key (nothing when it is not there).  Backward-shift deletion: the
+        entries after it in its run move up, so no probe ever stops early."""
+        slots = self._slots
+        mask = self._size - 1
+        hole = self._find(key1, key2)
+        if slots[hole * _WIDTH + 2] == _EMPTY:
+            return
+        self._count -= 1
+        index = hole
+        while True:
+            index = (index + 1) & mask
+            base = index * _WIDTH
+            if slots[base + 2] == _EMPTY:
+                break
+            home = self._home(slots[base], slots[base + 1])
+            # the entry may fill the hole unless its home lies after the hole, up to it
+            if (index > hole and (home <= hole or home > index)) or \
+                    (index < hole and home <= hole and home > index):
+                slots[hole * _WIDTH:hole * _WIDTH + _WIDTH] = slots[base:base + _WIDTH]
+                hole = index
+        base = hole * _WIDTH
+        slots[base:base + _WIDTH] = array("Q", bytes(8 * _WIDTH))
+
+    def _grow(self) -> None:
+        old, old_size = self._slots, self._size
+        self._bits += 1
+        self._size = old_size * 2
+        self._slots = array("Q", bytes(8 * _WIDTH * self._size))
+        for index in range(old_size):
+            base = index * _WIDTH
+            if old[base + 2] != _EMPTY:
+                new = self._find(old[base], old[base + 1]) * _WIDTH
+                self._slots[new:new + _WIDTH] = old[base:base + _WIDTH]
+
+    def _write(self, value: bytes) -> int:
+        """Append a length-prefixed string; its offset."""
+        offset = self._end
+        record = len(value).to_bytes(4, "big") + value
+        if self._memory is not None:
+            self._memory += record
+        else:
+            written = os.pwrite(self._fd, record, offset)
+            while written < len(record):
+                written += os.pwrite(self._fd, record[written:], offset + written)
+        self._end += len(record)
+        return offset
+
+    def _read(self, offset: int) -> bytes:
+        if self._memory is not None:
+            length = int.from_bytes(self._memory[offset:offset + 4], "big")
+            return bytes(self._memory[offset + 4:offset + 4 + length])
+        head = os.pread(self._fd, 4096, offset)
+        length = int.from_bytes(head[:4], "big")
+        if len(head) >= 4 + length:
+            return head[4:4 + length]
+        rest = os.pread(self._fd, 4 + length - len(head), offset + len(head))
+        return (head + rest)[4:4 + length]
