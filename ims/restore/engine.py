@@ -36,6 +36,7 @@ from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged
 from ims.archive.records import (FolderRecord, MessageRecord, TrailerRecord, UserExtent,
                                  UserRecord)
 from ims.errors import ArchiveDamaged, ExitCode, StoreLocked, most_serious
+from ims.restore.firstcopies import FirstCopies
 from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, plan_folder,
                               plan_message_source, sibling_suffix)
 from ims.restore.selection import Pattern, folder_selected, map_user, user_selected
@@ -140,7 +141,8 @@ class Engine:
         self.fetch = fetch
         self.emit = emit
         self.report = RestoreReport()
-        self.restored: dict[str, Any] = {}    # member name -> RestoredFile (shared inodes only)
+        # member name -> RestoredFile, shared inodes only
+        self.restored = FirstCopies(store.pack_restored, store.unpack_restored)
         # One archive of format version 2 or later: its backup named a first copy in link
         # members only until it had seen as many links as the inode had (``st_nlink`` at
         # each sight, ims/singlecopy.py), and never named a link member.  The same count
@@ -294,6 +296,13 @@ class Engine:
         if folder is None or folder.writer is None:
             return
         try:
+            self._commit(folder)
+        finally:
+            self.restored.settle()
+
+    def _commit(self, folder: _Folder) -> None:
+        assert folder.writer is not None
+        try:
             try:
                 landed = folder.writer.commit()
             except BaseException as exc:
@@ -319,6 +328,7 @@ class Engine:
             folder.writer.abort()
             self.report.add(folder.writer.landed, folder.logical)
             folder.writer = None
+            self.restored.settle()
         folder.dead = True
 
     def abort(self) -> None:

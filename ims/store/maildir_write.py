@@ -276,6 +276,28 @@ class Placed:
     def path(self) -> Path:
         return self.folder.shown_path(self.handle)
 
+    def settled(self) -> tuple[Path, tuple[str, ...], str, str]:
+        """Where the file is once its folder is committed: the partition directory, the
+        directories below it, ``cur``/``new``/``tmp`` and the file name."""
+        return self.folder.settled(self.handle)
+
+
+class Settled:
+    """A message file restored earlier in this run, in a folder already committed, known by
+    its place alone (``MaildirWriter.unpack_restored``): no folder writer is kept alive for
+    it.  Opened again level by level with O_NOFOLLOW, as a closed folder's files are."""
+
+    __slots__ = ("root", "parts", "sub", "name")
+
+    def __init__(self, root: Path, parts: tuple[str, ...], sub: str, name: str) -> None:
+        self.root, self.parts, self.sub, self.name = root, parts, sub, name
+
+    def open_source(self) -> tuple[int, str, bool]:
+        return _reopen(self.root, self.parts, self.sub, self.name)
+
+    def path(self) -> Path:
+        return self.root.joinpath(*self.parts, self.sub, self.name)
+
 
 def _reopen(root: Path, parts: tuple[str, ...], sub: str, name: str) -> tuple[int, str, bool]:
     return open_dir_under(root, parts + (sub,)), name, True
@@ -332,7 +354,7 @@ class NewFolder:
         write_file(self._subs[sub], name, data, message.internaldate, self.owner, self.sync)
         return self._placed(message, sub, name, len(data), False)
 
-    def add_link(self, message: MessageRecord, source: Placed) -> Placed:
+    def add_link(self, message: MessageRecord, source: Placed | Settled) -> Placed:
         sub, name = file_name(message, self._letters_for(message))
         link_to(source, self._subs[sub], name, self.owner)
         return self._placed(message, sub, name, 0, True)
@@ -351,6 +373,10 @@ class NewFolder:
 
     def shown_path(self, handle: str) -> Path:
         return self.shown / handle
+
+    def settled(self, handle: str) -> tuple[Path, tuple[str, ...], str, str]:
+        sub, _, name = handle.partition("/")
+        return self.root, self.parts, sub, name
 
     def _uidlist_text(self) -> str:
         with_uid = sorted((m.uid, m.key) for m, _, _, _, _, _ in self.placed if m.uid is not None)
@@ -501,7 +527,7 @@ class NewFolder:
         self._close()
 
 
-def link_to(source: Placed, dir_fd: int, name: str, owner: Owner) -> None:
+def link_to(source: Placed | Settled, dir_fd: int, name: str, owner: Owner) -> None:
     """A hard link to a file restored earlier in this run, when it has this folder's owner;
     otherwise EXDEV, and the caller copies the bytes (one user's inode in another user's
     Maildir would be unreadable to the one and writable by the other)."""
@@ -557,6 +583,10 @@ class ExistingFolder:
         sub, name = self.moved.get(handle, ("tmp", handle))
         return self.shown / sub / name
 
+    def settled(self, handle: str) -> tuple[Path, tuple[str, ...], str, str]:
+        sub, name = self.moved.get(handle, ("tmp", handle))
+        return self.root, self.parts, sub, name
+
     def _stage_name(self) -> str:
         self._counter += 1
         return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
@@ -570,7 +600,7 @@ class ExistingFolder:
         self._pending = None
         return placed
 
-    def add_link(self, message: MessageRecord, source: Placed) -> Placed:
+    def add_link(self, message: MessageRecord, source: Placed | Settled) -> Placed:
         name = self._pending = self._stage_name()
         link_to(source, self._subs["tmp"], name, self.owner)
         placed = Placed(self, self._stage(message, name, 0, True))
@@ -989,7 +1019,17 @@ class MaildirWriter:
         finally:
             os.close(fd)
 
-    def read_file(self, restored: Placed) -> bytes:
+    def pack_restored(self, restored: Placed) -> bytes:
+        """A file restored in a folder now committed, as bytes (``unpack_restored``): the
+        restore keeps these for shared messages whose links are still to come."""
+        root, parts, sub, name = restored.settled()
+        return b"\0".join(os.fsencode(part) for part in (str(root), *parts, sub, name))
+
+    def unpack_restored(self, packed: bytes) -> Settled:
+        root, *parts, sub, name = (os.fsdecode(part) for part in packed.split(b"\0"))
+        return Settled(Path(root), tuple(parts), sub, name)
+
+    def read_file(self, restored: Placed | Settled) -> bytes:
         dir_fd, name, owned = restored.open_source()
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)

@@ -96,3 +96,24 @@ def test_a_first_copy_is_forgotten_after_its_last_link_and_kept_while_links_may_
     assert first_partly in engine.restored
     assert os.stat(all_in[0]).st_ino == os.stat(all_in[2]).st_ino
     assert os.stat(partly[0]).st_ino == os.stat(partly[1]).st_ino
+
+
+def test_a_first_copy_added_to_a_live_folder_is_found_where_it_went(fresh_store, tmp_path):
+    """The first copy goes into a folder that exists (added as new mail under its lock: it is
+    staged, then moved to its final name) and its links into users restored whole after it:
+    each link is made to the file where it ended up, after that folder was committed."""
+    paths = link_into_users(fresh_store, 3, "1700000000.M4P4.live:2,S", b"to a live folder\n")
+    config = fresh_store / "config"
+    archive = tmp_path / "full.ims"
+    run_cmd("imsbackup", "-f", str(archive), "/", config_dir=config, check_rc=0)
+    for path in paths:
+        path.unlink()                       # the first user keeps its INBOX (live folder)
+    for path in paths[1:]:
+        shutil.rmtree(path.parent.parent.parent)    # the others are restored whole
+    result = run_cmd("imsrestore", "-f", str(archive), "/", config_dir=config)
+    assert result.returncode == 0, result.stderr
+    first_inbox = paths[0].parent.parent
+    added = [p for sub in ("cur", "new") for p in (first_inbox / sub).iterdir()
+             if p.read_bytes() == b"to a live folder\n"]
+    assert len(added) == 1
+    assert all(os.stat(path).st_ino == os.stat(added[0]).st_ino for path in paths[1:])

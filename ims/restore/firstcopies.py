@@ -1,0 +1,80 @@
+"""Where the first copy of each shared message went in this run, for the hard links to it
+that are still to come (``ims.restore.engine``).
+
+A first copy placed in the folder in progress is kept as its writer's handle (the folder may
+still move it: into place, or to a live folder Dovecot created meanwhile).  Once that folder
+is committed, ``settle`` packs each one into bytes that say where the file is
+(``StoreWriter.pack_restored``) and keeps them in an ``ims.spilledmap.SpilledMap``, keyed by
+a 64-bit hash of the member name with the name's length; the name itself is stored with the
+place and compared on every lookup, so two names with the same hash never take each other's
+file (the later one would only find nothing: a copy fetched by the index, or named).  An
+entry costs 64 bytes of memory whatever the store, instead of a folder writer kept alive
+and three Python objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+from ims.spilledmap import SpilledMap
+from ims.store.base import RestoredFile
+
+
+def _key(encoded: bytes) -> tuple[int, int]:
+    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "big"), len(encoded)
+
+
+class FirstCopies:
+    def __init__(self, pack: Callable[[RestoredFile], bytes],
+                 unpack: Callable[[bytes], RestoredFile]) -> None:
+        self._pack, self._unpack = pack, unpack
+        self._open: dict[str, RestoredFile] = {}    # placed in the folder in progress
+        self._settled = SpilledMap()
+
+    def __len__(self) -> int:
+        return len(self._open) + len(self._settled)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def get(self, name: str) -> RestoredFile | None:
+        found = self._open.get(name)
+        if found is not None:
+            return found
+        encoded = name.encode("utf-8", "surrogateescape")
+        stored = self._settled.get(*_key(encoded))
+        if stored is None:
+            return None
+        value, _ = stored
+        length = int.from_bytes(value[:4], "big")
+        if value[4:4 + length] != encoded:
+            return None                 # another name with the same hash
+        return self._unpack(value[4 + length:])
+
+    def __getitem__(self, name: str) -> RestoredFile:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __setitem__(self, name: str, restored: RestoredFile) -> None:
+        self._open[name] = restored
+
+    def setdefault(self, name: str, restored: RestoredFile) -> None:
+        if name not in self:
+            self._open[name] = restored
+
+    def pop(self, name: str, default: object = None) -> None:
+        """Forget the name (its last link is placed)."""
+        self._open.pop(name, None)
+        self._settled.remove(*_key(name.encode("utf-8", "surrogateescape")))
+
+    def settle(self) -> None:
+        """The folder in progress is committed or discarded: its first copies are where
+        they stay (a discarded one is gone, and a link to it fails as to any missing file)."""
+        for name, restored in self._open.items():
+            encoded = name.encode("utf-8", "surrogateescape")
+            self._settled.put(*_key(encoded), len(encoded).to_bytes(4, "big") + encoded
+                              + self._pack(restored))
+        self._open.clear()
