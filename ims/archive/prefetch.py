@@ -22,6 +22,7 @@ the middle of a large message); a damaged message raises ``MemberDamaged`` from
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from typing import Any, Iterator
@@ -34,9 +35,14 @@ from ims.archive.records import ArchiveHeader, TrailerRecord, shown
 from ims.errors import ArchiveDamaged, DeviceError
 from ims.helper import Channel, HelperProcess
 
-SLOT_SIZE = 8 << 20
+SLOT_SIZE = 4 << 20        # the largest message sent whole; larger ones go in chunks
 SLOTS = 3
 BATCH_BYTES = 1 << 20
+# As in the backup's reader (ims/readahead.py): a slot takes messages while they fit in its
+# first SLOT_FILL bytes, a larger message goes alone, and the pages it touched above
+# SLOT_FILL are released when the slot comes back, so each process keeps about
+# SLOTS x SLOT_FILL of slot pages (3 slots of 8 MiB had grown to some 9 MiB in each).
+SLOT_FILL = BATCH_BYTES
 BATCH_ITEMS = 256
 STALL_SECONDS = 0.2
 LARGE = ("large",)      # a message's data ref: its bytes follow the batch in chunks
@@ -173,8 +179,15 @@ class PrefetchReader:
         batch: dict[str, Any] = {"slot": None, "used": 0, "entries": [], "waiting_since": None}
         done = threading.Event()
 
+        touched = [0] * SLOTS
+
         def take_slot() -> int:
-            return free.pop() if free else channel.take_slot()
+            slot = free.pop() if free else channel.take_slot()
+            if touched[slot] > SLOT_FILL:
+                self.helper.slots[slot].madvise(mmap.MADV_REMOVE, SLOT_FILL,
+                                                SLOT_SIZE - SLOT_FILL)
+                touched[slot] = SLOT_FILL
+            return slot
 
         def flush() -> None:                       # with the lock held
             if batch["entries"]:
@@ -202,7 +215,7 @@ class PrefetchReader:
             slot, used, verdict = None, 0, None
             try:
                 for chunk in reader.iter_data(member):
-                    if slot is not None and used + len(chunk) > SLOT_SIZE:
+                    if slot is not None and used + len(chunk) > SLOT_FILL:
                         with lock:
                             channel.send(("chunk", slot, used))
                         slot, used = None, 0
@@ -211,6 +224,7 @@ class PrefetchReader:
                             slot = take_slot()
                     self.views[slot][used:used + len(chunk)] = chunk
                     used += len(chunk)
+                    touched[slot] = max(touched[slot], used)
             except MemberDamaged as exc:
                 verdict = str(exc)
             with lock:
@@ -247,12 +261,13 @@ class PrefetchReader:
                     if large:
                         data_ref = LARGE
                     elif data is not None:
-                        if batch["used"] + len(data) > SLOT_SIZE:
+                        if batch["used"] and batch["used"] + len(data) > SLOT_FILL:
                             flush()
                         slot, used = batch["slot"], batch["used"]
                         self.views[slot][used:used + len(data)] = data
                         data_ref = (slot, used, len(data))
                         batch["used"] = used + len(data)
+                        touched[slot] = max(touched[slot], batch["used"])
                     fields = (member.name, member.typeflag, member.size, member.mtime,
                               member.linkname, member.pax, member.offset, member.data_offset)
                     decoded = (member.record, member.invalid) if member.kind == fmt.MESSAGE else None

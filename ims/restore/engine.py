@@ -526,15 +526,12 @@ def feed_indexed(reader: ArchiveReader, trailer: TrailerRecord) -> Callable[[Eng
     """Only the selected users' members of a seekable archive, by the trailer's offsets
     (each message still checked against its digest)."""
     def feed(engine: Engine) -> None:
-        extents: dict[tuple[str, str], list] = {}
-        for extent in trailer.folders:
-            extents.setdefault((extent.partition, extent.user), []).append(extent)
         for entry in trailer.users:
             if not user_selected(engine.options.patterns, entry.partition, entry.group, entry.user):
                 continue
             member = _user_member(reader, entry)
             engine.member(member, reader.data_at)
-            for extent in extents.get((entry.partition, entry.user), ()):
+            for extent in list(trailer.folders.of_user(entry.partition, entry.user)):
                 for member in reader.members_between(extent.offset, extent.end):
                     engine.member(member, reader.data_at)
             engine.end_user()
@@ -579,7 +576,6 @@ def indexed_folders(reader: ArchiveReader, trailer: TrailerRecord,
 def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:
     """A message's bytes found by member name in a seekable archive (the trailer's index);
     each folder is scanned once, its data members remembered by name."""
-    extents = {(e.partition, e.user, e.folder): e for e in trailer.folders}
     scanned: dict[tuple[str, str, str], dict[str, Member]] = {}
 
     def fetch(name: str) -> bytes | None:
@@ -588,7 +584,7 @@ def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:
             return None
         key = (parts[0], parts[1], "/".join(parts[2:-1]))
         if key not in scanned:
-            extent = extents.get(key)
+            extent = trailer.folders.find(*key)
             if extent is None:
                 return None
             if len(scanned) > 64:           # links point mostly to recent folders

@@ -1,0 +1,103 @@
+"""The trailer is read a chunk at a time and its index held compactly
+(ims/archive/jsonstream.py, ims/archive/records.py FolderIndex/UserIndex): the same extents
+as a whole parse gives, from a file and from a stream, in a few bytes a folder; a user's
+folders are found without a table of every folder; damaged text is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import tracemalloc
+
+import pytest
+from test_trailer_spill import trailer_payload, write_archive
+
+from ims.archive.reader import ArchiveReader
+from ims.archive.records import FolderExtent, FolderIndex, RecordError, TrailerRecord
+from ims.errors import ArchiveDamaged
+
+
+def test_read_in_chunks_it_is_the_trailer_a_whole_parse_gives(tmp_path):
+    path = tmp_path / "a.ims"
+    write_archive(path, 3000, users=7)
+    payload, reader = trailer_payload(path)          # the stream's reading (members())
+    whole = TrailerRecord.decode(json.loads(payload), "whole")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        located = ArchiveReader(fd, str(path), None).locate_trailer()   # by offset
+    finally:
+        os.close(fd)
+    size = random.Random(4).randrange(1, 5000)
+    for trailer in (reader.trailer, located, TrailerRecord.decode_stream(
+            [payload[i:i + size] for i in range(0, len(payload), size)], "chunks")):
+        assert trailer is not None
+        assert list(trailer.folders) == list(whole.folders) and len(trailer.folders) == 3000
+        assert list(trailer.users) == list(whole.users) and len(trailer.users) == 7
+        assert (trailer.counts, trailer.digest, trailer.trailer_offset) == (
+            whole.counts, whole.digest, whole.trailer_offset)
+        assert "index" not in trailer.raw and trailer.raw["counts"] == whole.counts
+    copy = pickle.loads(pickle.dumps(whole))       # the prefetching reader sends it
+    assert list(copy.folders) == list(whole.folders)
+    assert copy.folder("primary", "user3é", "F3x10") == FolderExtent(
+        *[(e.partition, e.user, e.folder, e.offset, e.end, e.messages)
+          for e in whole.folders if e.folder == "F3x10"][0])
+
+
+def test_the_index_takes_a_few_bytes_a_folder():
+    """70,000 folders of 10,000 users (the 1,000,000-message store): as objects the index
+    took about 400 bytes a folder; held compactly under 60."""
+    entries = [{"partition": "primary", "user": f"user{i // 7:05d}", "folder": f"Folder{i % 7}",
+                "offset": i * 4096, "end": i * 4096 + 2048, "messages": 15}
+               for i in range(70000)]
+    text = json.dumps({"trailer_offset": 1, "digest": "sha256:0", "counts": {},
+                       "index": entries, "users": []}).encode()
+    del entries
+    tracemalloc.start()
+    try:
+        trailer = TrailerRecord.decode_stream(
+            (text[i:i + 65536] for i in range(0, len(text), 65536)), "t")
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(trailer.folders) == 70000
+    assert held / 70000 < 60, held
+    assert peak < 4 << 20, peak          # never the whole index as objects
+    assert trailer.folders.find("primary", "user09999", "Folder6") == FolderExtent(
+        "primary", "user09999", "Folder6", 69999 * 4096, 69999 * 4096 + 2048, 15)
+    assert [e.folder for e in trailer.folders.of_user("primary", "user00001")] == [
+        f"Folder{i}" for i in range(7)]
+    assert trailer.folders.find("primary", "user00001", "Nope") is None
+    assert trailer.folders.find("other", "user00001", "Folder1") is None
+
+
+def test_a_users_folders_in_two_runs_are_all_found():
+    index = FolderIndex()
+    for user, folder in (("a", "INBOX"), ("b", "INBOX"), ("a", "Sent"), ("b", "Sent")):
+        index.append(FolderExtent("p", user, folder, 0, 1, 1))
+    index.complete()
+    assert [e.folder for e in index.of_user("p", "a")] == ["INBOX", "Sent"]
+    assert index.find("p", "b", "Sent") is not None and index[-1].user == "b"
+    assert [e.user for e in index[1:3]] == ["b", "a"]
+    with pytest.raises(IndexError):
+        index[4]
+
+
+@pytest.mark.parametrize("text, error", [
+    (b'{"trailer_offset": 1, "index": [{"partition": "p", "user": "u", "folder": "F",'
+     b' "offset": 5, "end": 2, "messages": 1}]}', RecordError),       # ends before it starts
+    (b'{"trailer_offset": 1, "index": [{"partition": "p", "user": "../x", "folder": "F",'
+     b' "offset": 1, "end": 2, "messages": 1}]}', RecordError),       # a name that is a path
+    (b'{"trailer_offset": 1, "index": [{"partition": "p", "user": "u", "folder": "F",'
+     b' "offset": 1, "end": 2, "messages": 1, "x": [[]]}]}', RecordError),   # nested
+    (b'{"trailer_offset": 1, "index": [], "index": []}', ArchiveDamaged),     # key twice
+    (b'{"trailer_offset": 1, "index": [' + b'[' * 100000 + b']' * 100000 + b']}',
+     ArchiveDamaged),                                                 # too deep to parse
+    (b'{"trailer_offset": 1, "users": [{"partition": "p"', ArchiveDamaged),    # cut short
+    (b'{"trailer_offset": 1} {}', ArchiveDamaged),                    # text after it
+])
+def test_damaged_trailer_text_is_refused(text, error):
+    with pytest.raises(error):
+        TrailerRecord.decode_stream([text[i:i + 7] for i in range(0, len(text), 7)], "t")
+    assert issubclass(error, ArchiveDamaged)
