@@ -11,6 +11,11 @@ it is kept small:
 - the entries are kept in an ``ims.spilledmap.SpilledMap``: the inode, device and links
   seen in an array (64 bytes an inode), the member names in an unlinked temporary file.
 
+An entry also holds its file's size and modification time: a file that has the inode
+number of one already in the table but not its size and time is a new file (the old one's
+links were all deleted during the backup, and the file system gave the number again), archived
+as data.  Keyed by the inode alone it had been archived as a link to the old message.
+
 Dropping an entry early never loses mail: a link seen after it (one made during the backup,
 so that ``st_nlink`` grew) is archived as data again, like any message.
 """
@@ -36,7 +41,13 @@ class LinkTable:
         found = self._first.get(st.st_ino, st.st_dev)
         if found is None:
             return None
-        name, seen = found
+        value, seen = found
+        if value[:_STAMP] != _stamp(st):
+            # the inode number was freed (every link deleted) and given to a new file
+            # during the backup: another message, archived as data like any new one
+            self._first.remove(st.st_ino, st.st_dev)
+            return None
+        name = value[_STAMP:]
         seen += 1
         if seen < st.st_nlink:
             self._first.set_count(st.st_ino, st.st_dev, seen)
@@ -47,4 +58,13 @@ class LinkTable:
     def add(self, st: os.stat_result, name: bytes) -> None:
         """The inode's first copy is in the stream as ``name``."""
         if st.st_nlink > 1:
-            self._first.put(st.st_ino, st.st_dev, name, 1)
+            self._first.put(st.st_ino, st.st_dev, _stamp(st) + name, 1)
+
+
+_STAMP = 16
+
+
+def _stamp(st: os.stat_result) -> bytes:
+    """What the links of one inode share and a new file given the same inode number after
+    the old one was deleted does not, short of the same size and the same nanosecond."""
+    return st.st_size.to_bytes(8, "big") + (st.st_mtime_ns & (2**64 - 1)).to_bytes(8, "big")

@@ -8,8 +8,10 @@ import os
 from ims.singlecopy import LinkTable
 
 
-def stat(ino: int, nlink: int, dev: int = 2049) -> os.stat_result:
-    return os.stat_result((0o100600, ino, dev, nlink, 0, 0, 10, 0, 0, 0))
+def stat(ino: int, nlink: int, dev: int = 2049, size: int = 10,
+         mtime_ns: int = 1700000000_000000001) -> os.stat_result:
+    return os.stat_result((0o100600, ino, dev, nlink, 0, 0, size, 0, mtime_ns // 10**9, 0),
+                          {"st_mtime_ns": mtime_ns})
 
 
 def test_every_later_link_names_the_first_copy_then_the_entry_goes():
@@ -43,3 +45,18 @@ def test_a_link_made_during_the_backup_keeps_the_entry_longer():
     assert table.first_copy(stat(9, 3)) == b"first"
     assert table.first_copy(stat(9, 3)) == b"first"
     assert table.first_copy(stat(9, 3)) is None
+
+
+def test_an_inode_number_given_to_a_new_file_is_not_a_link_to_the_old_one():
+    """Every link of a shared message is deleted during the backup and a new delivery gets
+    its inode number (ext4 hands it out again at once).  Before: the new file was archived
+    as a link to the old message, and restored with the old one's bytes.  Now a different
+    size or modification time makes it a new file; the stale entry goes."""
+    table = LinkTable()
+    table.add(stat(11, 2), b"old")
+    assert table.first_copy(stat(11, 2, size=99)) is None
+    assert len(table) == 0
+    table.add(stat(12, 2), b"old2")
+    assert table.first_copy(stat(12, 2, mtime_ns=1700000000_000000002)) is None
+    table.add(stat(12, 2, mtime_ns=1700000000_000000002), b"new")
+    assert table.first_copy(stat(12, 2, mtime_ns=1700000000_000000002)) == b"new"
