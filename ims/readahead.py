@@ -152,6 +152,19 @@ def _read_whole(fd: int, buffer: memoryview, size: int) -> int:
     return count
 
 
+def _read_grown(fd: int, view: memoryview, used: int, size: int) -> int:
+    """A file that grew since its fstat (not a Maildir message's habit): read again whole
+    when it fits in the slot, else ``OSError`` (named among the skipped: the next backup
+    takes it).  Never archived cut at the slot's end, as it had been."""
+    now = os.fstat(fd).st_size
+    if used + now + 1 <= len(view):
+        count = _read_whole(fd, view[used:used + now + 1], now)
+        if count == now:
+            return count
+    raise OSError(errno.EAGAIN, f"it grew from {size} to {now} bytes while being read;"
+                                " not archived")
+
+
 def wire_entry(entry: MessageEntry) -> tuple:
     return (entry.key, entry.uid, entry.flags, entry.keywords, entry.info, entry.is_new)
 
@@ -476,8 +489,7 @@ class StoreReadAhead:
                     assert view is not None
                     count = _read_whole(fd, view[used:used + size + 1], size)
                     if count > size:
-                        # grew since fstat (not a Maildir message's habit): read what fits
-                        count = os.preadv(fd, [view[used:SLOT_SIZE]], 0)
+                        count = _read_grown(fd, view, used, size)
                     elif count < size:
                         # a read error after the first bytes comes as a short read, and the
                         # error itself only on the next call: never archive a message short
@@ -513,6 +525,9 @@ class StoreReadAhead:
             position += len(chunk)
         if position != size:
             raise OSError(errno.EIO, f"read {position} of its {size} bytes")
+        if os.fstat(fd).st_size != size:
+            raise OSError(errno.EAGAIN, f"its size changed from {size} bytes while being read;"
+                                        " not archived")
         self._put(Batch(None, [outcome("large", index, changed, mtime, st.st_uid, st.st_gid,
                                        size, sha256=digest.hexdigest(),
                                        nlink=st.st_nlink)]))
@@ -531,4 +546,10 @@ class StoreReadAhead:
             self._put(Batch(slot, [outcome("chunk", index, start=0, length=count)], True))
             self._hand_over()
             position += count
-        self._put(Batch(None, [outcome("large_end", index, length=position)]))
+        ended = [outcome("large_end", index, length=position)]
+        now = os.fstat(fd).st_size
+        if now > size:      # (one that shrank is named by the writer: it came short)
+            ended.append(outcome("skipped", index, reason=f"it grew from {size} to {now} bytes"
+                                 " while being read: the archived copy holds its first"
+                                 f" {size} bytes"))
+        self._put(Batch(None, ended))

@@ -205,6 +205,65 @@ def test_a_slot_given_back_loses_its_pages_above_the_fill_and_keeps_the_rest(
     reader.helper.stop()
 
 
+GROWS = "1700000300.M1P7.grows"
+
+
+@pytest.mark.parametrize("grown_size, whole", [(SLOT // 4, True), (3 * SLOT, False)])
+def test_a_message_that_grows_while_read_is_read_again_or_named(tmp_path, monkeypatch,
+                                                               grown_size, whole):
+    """Before: a file that grew between its fstat and its read was archived cut at the
+    slot's end, exit 0 and nothing said.  Now it is read again whole when it fits in the
+    slot, else named among the skipped (exit 1), never archived short."""
+    store = tmp_path / "store"
+    generate(store, SampleSpec(users=1, messages_per_user=3, partitions=1, seed=1))
+    path = next((store / "partitions" / "primary").iterdir()) / "Maildir" / "cur" / f"{GROWS}:2,S"
+    path.write_bytes(b"Subject: x\n\nsmall\n")
+    grown = b"Subject: x\n\nsmall\n" + b"y" * grown_size
+    small_sizes(monkeypatch, SLOT // 3, 7)
+    real_open = MaildirFolderReader.open_message
+
+    def open_message(self, entry):
+        opened = real_open(self, entry)
+        if opened is not None and entry.key == GROWS:
+            path.write_bytes(grown)          # after its fstat, before its read
+        return opened
+    monkeypatch.setattr(MaildirFolderReader, "open_message", open_message)
+    stream, report = backup(store, tmp_path / "a.ims")
+    stored = [m for m in read_archive(stream).members if m.name.endswith(GROWS)]
+    if whole:
+        assert [m.data for m in stored] == [grown] and not report.skipped
+    else:
+        assert stored == [] and len(report.skipped) == 1 and GROWS in report.skipped[0]
+        assert "grew" in report.skipped[0]
+
+
+def test_a_large_message_that_grows_while_sent_is_named(tmp_path, monkeypatch):
+    """A message larger than a slot grows after its size was announced: the archive holds
+    its first bytes (the announced size, with their digest) and the message is named among
+    the skipped (exit 1); before it went unsaid."""
+    store = tmp_path / "store"
+    generate(store, SampleSpec(users=1, messages_per_user=3, partitions=1, seed=1))
+    path = next((store / "partitions" / "primary").iterdir()) / "Maildir" / "cur" / f"{GROWS}:2,S"
+    first = bytes(i % 251 for i in range(3 * SLOT))
+    path.write_bytes(first)
+    small_sizes(monkeypatch, SLOT // 3, 7)
+    real_preadv = os.preadv
+    grown = False
+
+    def preadv(fd, buffers, offset):
+        nonlocal grown
+        if not grown and os.fstat(fd).st_size == len(first):
+            grown = True
+            with open(path, "ab") as more:
+                more.write(b"z" * 100)
+        return real_preadv(fd, buffers, offset)
+    monkeypatch.setattr(os, "preadv", preadv)
+    stream, report = backup(store, tmp_path / "a.ims")
+    stored = [m for m in read_archive(stream).members if m.name.endswith(GROWS)]
+    assert [m.data for m in stored] == [first]
+    assert len(report.skipped) == 1 and "grew" in report.skipped[0], report.skipped
+
+
 def test_writev_resumes_after_short_writes_and_keeps_whole_records(tmp_path, monkeypatch):
     """The queue is written whole records at a time, a short writev resumed where it
     stopped, the bytes past the last record kept as a copy (the view's memory is reused)."""
