@@ -90,7 +90,9 @@ def run_backup(config: Config, store: StoreReader, scope: Scope, writer: Archive
         names=tuple(options.names), archive_id=uuid.uuid4().hex, host=socket.gethostname(),
         tool=f"imsbackup {ims.__version__}", since_text=options.since_text,
         options={"link_min": options.link_min, "full_copies": options.full_copies,
-                 "ignore_exclusions": options.ignore_exclusions, "exclusions": exclusions})
+                 "ignore_exclusions": options.ignore_exclusions, "exclusions": exclusions,
+                 # ims.singlecopy: a first copy is named until its inode's links were all met
+                 "links_counted": True})
     writer.add_json(fmt.HEADER_NAME, fmt.HEADER, header.encode(
         fmt.FORMAT_NAME, fmt.FORMAT_VERSION,
         time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))), now)

@@ -11,8 +11,9 @@ back with one ``pread`` when looked up.  Strings are appended and never rewritte
 entry's bytes stay in the file (a few tens of bytes a shared message on disk, not in memory).
 Without a usable temporary directory the strings stay in memory, as they did before.
 
-Failure behaviour: an ``OSError`` writing or reading the temporary file propagates (the
-caller's run fails as on any other write error); nothing is lost in silence.
+Failure behaviour: when the temporary file cannot grow (``$TMPDIR`` full), its contents are
+read back and the map goes on in memory; a failed read of it is a ``DeviceError`` (not an
+``OSError``, which callers take for a message's own); nothing is lost in silence.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import os
 import tempfile
 from array import array
 
+from ims.errors import DeviceError
+
+_WHAT = "the temporary file of the table of shared messages (in $TMPDIR)"
 _EMPTY = 0                  # offset word of an empty slot (offsets are stored plus one)
 _WIDTH = 4                  # words a slot: key1, key2, offset + 1, count
 _MASK64 = (1 << 64) - 1
@@ -137,22 +141,45 @@ class SpilledMap:
         """Append a length-prefixed string; its offset."""
         offset = self._end
         record = len(value).to_bytes(4, "big") + value
+        if self._memory is None:
+            try:
+                written = os.pwrite(self._fd, record, offset)
+                while written < len(record):
+                    written += os.pwrite(self._fd, record[written:], offset + written)
+            except OSError:
+                self._to_memory()
         if self._memory is not None:
             self._memory += record
-        else:
-            written = os.pwrite(self._fd, record, offset)
-            while written < len(record):
-                written += os.pwrite(self._fd, record[written:], offset + written)
         self._end += len(record)
         return offset
+
+    def _to_memory(self) -> None:
+        """The temporary file cannot grow (``$TMPDIR`` full, a quota, an I/O error): what
+        it holds is read back and the table goes on in memory, as without a temporary
+        directory; a run never fails or skips mail for its bookkeeping's sake."""
+        memory = bytearray()
+        while len(memory) < self._end:
+            chunk = self._pread(min(1 << 20, self._end - len(memory)), len(memory))
+            if not chunk:
+                raise DeviceError(f"{_WHAT}: it ends at byte {len(memory)} of {self._end}")
+            memory += chunk
+        self._memory = memory
+        self.close()
+        self._fd = -1
 
     def _read(self, offset: int) -> bytes:
         if self._memory is not None:
             length = int.from_bytes(self._memory[offset:offset + 4], "big")
             return bytes(self._memory[offset + 4:offset + 4 + length])
-        head = os.pread(self._fd, 4096, offset)
+        head = self._pread(4096, offset)
         length = int.from_bytes(head[:4], "big")
         if len(head) >= 4 + length:
             return head[4:4 + length]
-        rest = os.pread(self._fd, 4 + length - len(head), offset + len(head))
+        rest = self._pread(4 + length - len(head), offset + len(head))
         return (head + rest)[4:4 + length]
+
+    def _pread(self, count: int, offset: int) -> bytes:
+        try:
+            return os.pread(self._fd, count, offset)
+        except OSError as exc:
+            raise DeviceError(f"{_WHAT}: read failed: {exc.strerror}") from None

@@ -143,11 +143,12 @@ class Engine:
         self.report = RestoreReport()
         # member name -> RestoredFile, shared inodes only
         self.restored = FirstCopies(store.pack_restored, store.unpack_restored)
-        # One archive of format version 2 or later: its backup named a first copy in link
-        # members only until it had seen as many links as the inode had (``st_nlink`` at
-        # each sight, ims/singlecopy.py), and never named a link member.  The same count
+        # One archive whose header says ``links_counted``: its backup named a first copy in
+        # link members only until it had seen as many links as the inode had (``st_nlink``
+        # at each sight, ims/singlecopy.py), and never named a link member.  The same count
         # here forgets a first copy once its last link is placed, so what is remembered is
         # the shared messages whose other links are still to come, not every one restored.
+        # (Not the format version: early version 2 backups kept every first copy.)
         self.forget_linked = forget_linked
         self._links_seen: dict[str, int] = {}  # first copy -> sights so far, while < st_nlink
         self.hits = [False] * len(options.patterns)   # which NAMEs matched something

@@ -101,7 +101,7 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
         feed = feed_archive(reader)
     engine = Engine(writer, options, decide, has_full=order.has_full,
                     backup_created=header.created, fetch=fetch, emit=emit,
-                    forget_linked=header.version >= 2)
+                    forget_linked=header.options.get("links_counted") is True)
     engine.report.notes.extend(order.notes + name_notes)
     return engine.run(feed), header
 

@@ -14,9 +14,18 @@ from pathlib import Path
 import pytest
 from conftest import run_cmd
 
+from ims import singlecopy
+from ims.archive.records import ArchiveHeader
+from ims.archive.writer import ArchiveWriter, RecordSink
+from ims.backup import BackupOptions, run_backup
+from ims.config import Config
+from ims.names import resolve
 from ims.restore import engine as engine_module
+from ims.samplestore import SampleSpec, generate
+from ims.store.maildir import MaildirStore
 
 SHARED_BODY = b"Subject: to four users\n\nsame file, four links\n"
+BODY = b"Subject: shared\n\nlinked again during the backup\n"
 
 
 def link_into_users(store: Path, count: int, name: str, body: bytes) -> list[Path]:
@@ -117,3 +126,65 @@ def test_a_first_copy_added_to_a_live_folder_is_found_where_it_went(fresh_store,
              if p.read_bytes() == b"to a live folder\n"]
     assert len(added) == 1
     assert all(os.stat(path).st_ino == os.stat(added[0]).st_ino for path in paths[1:])
+
+
+class NeverDrops(singlecopy.LinkTable):
+    """The single-copy table of the early version 2 backups: an entry is never dropped."""
+
+    def first_copy(self, st):
+        found = self._first.get(st.st_ino, st.st_dev)
+        return None if found is None else found[0][singlecopy._STAMP:]
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_an_archive_whose_links_were_not_counted_keeps_every_first_copy(tmp_path, monkeypatch,
+                                                                       source):
+    """An archive whose header does not say ``links_counted`` (early version 2 backups, whose
+    table kept every first copy) named a first copy in every later link, also in one made
+    during the backup: the restore keeps every first copy, so that link comes back as a
+    link.  Before, forgetting was decided by the format version: from a file that link came
+    back as a copy, from a pipe it was left unresolved (exit 5)."""
+    store = tmp_path / "store"
+    generate(store, SampleSpec(users=3, messages_per_user=2, partitions=1, seed=2,
+                               link_fraction=0.0))
+    users = sorted((store / "partitions" / "primary").iterdir())
+    paths = [u / "Maildir" / "cur" / "1700000100.M1P1.shared:2,S" for u in users]
+    paths[0].write_bytes(BODY)
+    os.link(paths[0], paths[1])                 # two links when the backup starts
+    real_open_folder = MaildirStore.open_folder
+
+    def open_folder(self, partition, user, folder):
+        if user == users[2].name and folder == "INBOX" and not paths[2].exists():
+            os.link(paths[0], paths[2])         # a delivery links it a third time
+        return real_open_folder(self, partition, user, folder)
+    monkeypatch.setattr(MaildirStore, "open_folder", open_folder)
+    monkeypatch.setattr("ims.readahead.LinkTable", NeverDrops)
+    real_encode = ArchiveHeader.encode
+
+    def encode(self, *args):
+        encoded = real_encode(self, *args)
+        encoded["options"] = {k: v for k, v in encoded["options"].items()
+                              if k != "links_counted"}
+        return encoded
+    monkeypatch.setattr(ArchiveHeader, "encode", encode)
+    config = Config.load(store / "config")
+    maildirs = MaildirStore(config.msg.partitions(), "%u/Maildir")
+    out = tmp_path / "a.ims"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        report = run_backup(config, maildirs, resolve(["/"], config, maildirs),
+                            ArchiveWriter(RecordSink(fd, 20, str(out))),
+                            BackupOptions(names=("/",)))
+    finally:
+        os.close(fd)
+    monkeypatch.undo()
+    assert report.links == 2 and not report.skipped
+    remove_users(store)
+    assert b"links_counted" not in out.read_bytes()[:4096]
+    if source == "file":
+        result = run_cmd("imsrestore", "-f", str(out), "/", config_dir=store / "config")
+    else:
+        result = run_cmd("imsrestore", "-f", "-", "--refs", str(tmp_path / "refs"),
+                         config_dir=store / "config", input=out.read_bytes(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()[-400:]
+    assert len({os.stat(p).st_ino for p in paths}) == 1
