@@ -58,6 +58,24 @@ def run_cmd(name: str, *args: str, config_dir: Path | None = None, check_rc: int
     return result
 
 
+def backup_in_process(store: Path, out: Path):
+    """A full backup of the whole store run in this process (so that a test may patch the
+    store reader, which the forked child inherits); its BackupReport."""
+    from ims.archive.writer import ArchiveWriter, RecordSink
+    from ims.backup import BackupOptions, run_backup
+    from ims.config import Config
+    from ims.names import resolve
+    from ims.store.maildir import MaildirStore
+    config = Config.load(store / "config")
+    maildirs = MaildirStore(config.msg.partitions(), "%u/Maildir")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return run_backup(config, maildirs, resolve(["/"], config, maildirs),
+                          ArchiveWriter(RecordSink(fd, 20, str(out))), BackupOptions(names=("/",)))
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="session")
 def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small deterministic sample store (read-only for the tests that use it)."""

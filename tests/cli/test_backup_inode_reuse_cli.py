@@ -9,12 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from conftest import run_cmd
+from conftest import backup_in_process, run_cmd
 
-from ims.archive.writer import ArchiveWriter, RecordSink
-from ims.backup import BackupOptions, run_backup
-from ims.config import Config
-from ims.names import resolve
 from ims.samplestore import SampleSpec, generate
 from ims.store.maildir import MaildirStore
 
@@ -55,16 +51,8 @@ def test_a_reused_inode_is_not_archived_as_a_link_to_the_old_message(tmp_path, m
         return real_open_folder(self, partition, user, folder)
     monkeypatch.setattr(MaildirStore, "open_folder", open_folder)
 
-    config = Config.load(store / "config")
-    maildirs = MaildirStore(config.msg.partitions(), "%u/Maildir")
     out = tmp_path / "a.ims"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        report = run_backup(config, maildirs, resolve(["/"], config, maildirs),
-                            ArchiveWriter(RecordSink(fd, 20, str(out))),
-                            BackupOptions(names=("/",)))
-    finally:
-        os.close(fd)
+    report = backup_in_process(store, out)
     monkeypatch.undo()
     # where the file system did not give the number again, the restore is checked all the
     # same (the same bytes are expected either way)

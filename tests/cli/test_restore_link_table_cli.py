@@ -12,14 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cmd
+from conftest import backup_in_process, run_cmd
 
 from ims import singlecopy
 from ims.archive.records import ArchiveHeader
-from ims.archive.writer import ArchiveWriter, RecordSink
-from ims.backup import BackupOptions, run_backup
-from ims.config import Config
-from ims.names import resolve
 from ims.restore import engine as engine_module
 from ims.samplestore import SampleSpec, generate
 from ims.store.maildir import MaildirStore
@@ -167,16 +163,8 @@ def test_an_archive_whose_links_were_not_counted_keeps_every_first_copy(tmp_path
                               if k != "links_counted"}
         return encoded
     monkeypatch.setattr(ArchiveHeader, "encode", encode)
-    config = Config.load(store / "config")
-    maildirs = MaildirStore(config.msg.partitions(), "%u/Maildir")
     out = tmp_path / "a.ims"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        report = run_backup(config, maildirs, resolve(["/"], config, maildirs),
-                            ArchiveWriter(RecordSink(fd, 20, str(out))),
-                            BackupOptions(names=("/",)))
-    finally:
-        os.close(fd)
+    report = backup_in_process(store, out)
     monkeypatch.undo()
     assert report.links == 2 and not report.skipped
     remove_users(store)
