@@ -4,10 +4,11 @@ single-copy table (``ims.singlecopy``) and the restore's table of first copies
 (``ims.restore.engine``).  Both grow with the store's shared messages; as Python dicts they
 cost 200 to 350 bytes an entry (at 1,000,000 messages about 20 MiB in each process).
 
-Here the keys and the count live in one ``array('Q')`` of four words a slot (open
-addressing, linear probing, at most half full: 64 bytes an entry), and the byte strings in an
-unlinked temporary file (``tempfile.TemporaryFile``: no name, freed with the process), read
-back with one ``pread`` when looked up.  Strings are appended and never rewritten; a removed
+Here the keys and the count live in one ``array('Q')`` of three words a slot (open
+addressing, linear probing, at most three quarters full: 32 to 64 bytes an entry; with four
+words and half full it had been 64 to 128, some 8 MiB at 1,000,000 messages), and the byte
+strings in an unlinked temporary file (``tempfile.TemporaryFile``: no name, freed with the
+process), read back with one ``pread`` when looked up.  Strings are appended and never rewritten; a removed
 entry's bytes stay in the file (a few tens of bytes a shared message on disk, not in memory).
 Without a usable temporary directory the strings stay in memory, as they did before.
 
@@ -26,7 +27,10 @@ from ims.errors import DeviceError
 
 _WHAT = "the temporary file of the table of shared messages (in $TMPDIR)"
 _EMPTY = 0                  # offset word of an empty slot (offsets are stored plus one)
-_WIDTH = 4                  # words a slot: key1, key2, offset + 1, count
+_WIDTH = 3                  # words a slot: key1, key2, (offset + 1) << 24 | count
+_COUNT_BITS = 24
+_COUNT_MAX = (1 << _COUNT_BITS) - 1     # a larger count is kept at this (never reached:
+                                        # counts are links of one inode)
 _MASK64 = (1 << 64) - 1
 _MIX = 0x9E3779B97F4A7C15   # spreads keys that differ in their low bits (inode numbers)
 
@@ -81,11 +85,12 @@ class SpilledMap:
         slots = self._slots
         if slots[base + 2] == _EMPTY:
             return None
-        return self._read(slots[base + 2] - 1), slots[base + 3]
+        packed = slots[base + 2]
+        return self._read((packed >> _COUNT_BITS) - 1), packed & _COUNT_MAX
 
     def put(self, key1: int, key2: int, value: bytes, count: int = 1) -> None:
         """Store ``value`` and ``count`` under the key (replacing what it had)."""
-        if 2 * (self._count + 1) > self._size:
+        if 4 * (self._count + 1) > 3 * self._size:      # at most three quarters full
             self._grow()
         base = self._find(key1, key2) * _WIDTH
         slots = self._slots
@@ -93,14 +98,14 @@ class SpilledMap:
             self._count += 1
         slots[base] = key1
         slots[base + 1] = key2
-        slots[base + 2] = self._write(value) + 1
-        slots[base + 3] = count
+        slots[base + 2] = (self._write(value) + 1) << _COUNT_BITS | min(count, _COUNT_MAX)
 
     def set_count(self, key1: int, key2: int, count: int) -> None:
         base = self._find(key1, key2) * _WIDTH
         if self._slots[base + 2] == _EMPTY:
             raise KeyError((key1, key2))
-        self._slots[base + 3] = count
+        packed = self._slots[base + 2]
+        self._slots[base + 2] = packed >> _COUNT_BITS << _COUNT_BITS | min(count, _COUNT_MAX)
 
     def remove(self, key1: int, key2: int) -> None:
         """Forget the key (nothing when it is not there).  Backward-shift deletion: the
