@@ -96,6 +96,14 @@ class HelperProcess:
         self.pid = 0
         self.channel: Channel | None = None
 
+    def release_above(self, slot: int, keep: int) -> None:
+        """Give the pages of ``slot`` above its first ``keep`` bytes back to the system
+        (``MADV_REMOVE`` frees a shared mapping's pages in both processes; they read as
+        zeros when touched again): a large message must not leave its pages resident."""
+        size = len(self.slots[slot])
+        if keep < size:
+            self.slots[slot].madvise(mmap.MADV_REMOVE, keep, size - keep)
+
     def start(self, body: Callable[[Channel], None]) -> Channel:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # the child must not run the parent's Python signal handlers (they raise into a copy

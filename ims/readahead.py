@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -314,10 +313,9 @@ class StoreReadAhead:
 
     def _reclaim(self, slot: int) -> int:
         """A slot given back: the pages a larger message touched above SLOT_FILL are
-        released (MADV_REMOVE frees a shared mapping's pages in both processes), so slot
-        memory stays about SLOT_FILL a slot after a large message."""
+        released, so slot memory stays about SLOT_FILL a slot after a large message."""
         if self._touched[slot] > SLOT_FILL:
-            self.helper.slots[slot].madvise(mmap.MADV_REMOVE, SLOT_FILL, SLOT_SIZE - SLOT_FILL)
+            self.helper.release_above(slot, SLOT_FILL)
             self._touched[slot] = SLOT_FILL
         return slot
 

@@ -22,7 +22,6 @@ the middle of a large message); a damaged message raises ``MemberDamaged`` from
 
 from __future__ import annotations
 
-import mmap
 import threading
 import time
 from typing import Any, Iterator
@@ -184,8 +183,7 @@ class PrefetchReader:
         def take_slot() -> int:
             slot = free.pop() if free else channel.take_slot()
             if touched[slot] > SLOT_FILL:
-                self.helper.slots[slot].madvise(mmap.MADV_REMOVE, SLOT_FILL,
-                                                SLOT_SIZE - SLOT_FILL)
+                self.helper.release_above(slot, SLOT_FILL)
                 touched[slot] = SLOT_FILL
             return slot
 
