@@ -456,9 +456,10 @@ class ArchiveReader:
         # the trailer's header lies at most its JSON, the end blocks and a record from the end
         reach = limits.MAX_JSON_MEMBER + 3 * fmt.BLOCK + fmt.BLOCK * fmt.MAX_BLOCKING_FACTOR
         end = self.file_size - self.file_size % fmt.BLOCK
-        window = 64 << 10
         while end > 0 and self.file_size - end <= reach:
-            start = max(0, end - window, self.file_size - reach)
+            # a fixed window: a trailer of many megabytes is walked back over in steps, not
+            # read whole (the name sits at a block's start, so no window cuts it)
+            start = max(0, end - _TRAILER_CHUNK, self.file_size - reach)
             start -= start % fmt.BLOCK
             data = self._pread(end - start, start)
             position = len(data)
@@ -472,7 +473,6 @@ class ArchiveReader:
             if start <= 0 or start == end:
                 return None
             end = start
-            window = min(window * 4, 16 << 20)      # memory stays bounded, scans stay few
         return None
 
     def _trailer_at(self, member: Member) -> TrailerRecord | None:

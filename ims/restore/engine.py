@@ -28,7 +28,7 @@ import errno
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ims.archive import format as fmt
 from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
@@ -551,15 +551,15 @@ def _user_member(reader: ArchiveReader, entry: UserExtent) -> Member:
 
 
 def indexed_folders(reader: ArchiveReader, trailer: TrailerRecord,
-                    patterns: tuple[Pattern, ...]) -> list[tuple[str, str, str, str]]:
+                    patterns: tuple[Pattern, ...]) -> Iterator[tuple[str, str, str, str]]:
     """(partition, group, user, folder) of the folders a seekable archive holds, for the
     check that every NAME selects something: the trailer's index, and the unchanged
     folders of an incremental, which are in their user member only (read for the users a
     NAME with a folder may select).  A user member that cannot be read adds nothing here:
     the restore names it."""
     groups = {(u.partition, u.user): u.group for u in trailer.users}
-    folders = [(f.partition, groups.get((f.partition, f.user), ""), f.user, f.folder)
-               for f in trailer.folders]
+    for f in trailer.folders:
+        yield f.partition, groups.get((f.partition, f.user), ""), f.user, f.folder
     for entry in trailer.users:
         if not any(p.folder is not None and p.user_matches(entry.partition, entry.group,
                                                           entry.user) for p in patterns):
@@ -569,9 +569,8 @@ def indexed_folders(reader: ArchiveReader, trailer: TrailerRecord,
         except ArchiveDamaged:
             continue
         if record is not None:
-            folders += [(entry.partition, entry.group, entry.user, unchanged.folder)
-                        for unchanged in record.unchanged]
-    return folders
+            for unchanged in record.unchanged:
+                yield entry.partition, entry.group, entry.user, unchanged.folder
 
 
 def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:

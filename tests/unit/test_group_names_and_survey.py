@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ims.config import BackupGroups
+from ims.errors import UsageError
 from ims.groupsurvey import survey
 from ims.restore.selection import Pattern, accept_user_forms, not_in_archive, parse_selection
+from ims.restore.session import check_names
 from ims.store.maildir import MaildirStore
 
 RECORDED = [("primary", "groupA", "amy"), ("primary", "groupB", "mike"),
@@ -38,6 +42,34 @@ def test_not_in_archive_names_the_user_form_when_it_cannot_know():
         " /primary/user/amy)")
     assert not_in_archive(["/primary/amy"], "a.ims", hint=False) == \
         "/primary/amy: not in the archive a.ims"
+
+
+def test_every_name_must_select_a_user_or_a_folder_each_list_walked_once():
+    """check_names takes the users and folders as iterables (a million-message trailer's
+    70,000 folders are not copied into a list): each is walked at most once, the folders
+    not at all when no unmatched NAME names a folder, and every NAME that selects nothing
+    is named, in the order given."""
+    users = [("primary", "groupA", "amy"), ("primary", "groupB", "bob")]
+    folders = [("primary", "groupA", "amy", "INBOX"), ("primary", "groupA", "amy", "Sent"),
+               ("primary", "groupB", "bob", "INBOX")]
+    walked = {"users": 0, "folders": 0}
+
+    def once(kind, items):
+        walked[kind] += 1
+        yield from items
+
+    names = ["/primary/groupA/amy", "/primary/groupB"]
+    check_names(names, tuple(parse_selection(names)), once("users", users),
+                once("folders", folders), "a.ims")
+    assert walked == {"users": 1, "folders": 0}
+
+    names = ["/primary/groupB/bob/Sent", "/primary/groupA/amy/Sent", "/primary/ghost",
+             "/primary/groupA/amy"]
+    with pytest.raises(UsageError) as caught:
+        check_names(names, tuple(parse_selection(names)), once("users", users),
+                    once("folders", folders), "a.ims")
+    assert str(caught.value) == "/primary/groupB/bob/Sent /primary/ghost: not in the archive a.ims"
+    assert walked == {"users": 2, "folders": 1}
 
 
 def test_survey_lists_users_sizes_and_flags_empty_groups(fs):

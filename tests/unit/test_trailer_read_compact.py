@@ -101,3 +101,22 @@ def test_damaged_trailer_text_is_refused(text, error):
     with pytest.raises(error):
         TrailerRecord.decode_stream([text[i:i + 7] for i in range(0, len(text), 7)], "t")
     assert issubclass(error, ArchiveDamaged)
+
+
+def test_a_trailer_of_megabytes_is_located_a_window_at_a_time(tmp_path):
+    """Locating a trailer of several megabytes (40,000 folders) walks back over it in fixed
+    windows: beyond the index it keeps, it never holds more than a few windows of text (a
+    window that grew to the trailer's size once cost 4-16 MiB at a million messages)."""
+    path = tmp_path / "a.ims"
+    write_archive(path, 40000, users=500)
+    fd = os.open(path, os.O_RDONLY)
+    tracemalloc.start()
+    try:
+        located = ArchiveReader(fd, str(path), None).locate_trailer()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert located is not None and len(located.folders) == 40000 and len(located.users) == 500
+    assert located.folders.find("primary", "user499é", "F499x39999") is not None
+    assert peak - held < 3 << 20, (held, peak)
