@@ -176,3 +176,28 @@ def test_an_archive_whose_links_were_not_counted_keeps_every_first_copy(tmp_path
                          config_dir=store / "config", input=out.read_bytes(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr.decode()[-400:]
     assert len({os.stat(p).st_ino for p in paths}) == 1
+
+
+def test_a_chain_restore_brings_every_shared_message_back_as_one_file(fresh_store, tmp_path):
+    """Through a chain (full + incremental), a message shared before the full backup and one
+    delivered to several users between the two come back each as one file with all its links:
+    the chain's feed remembers which name of a shared member it wrote first, by the member's
+    place in its archive, and links the others to it."""
+    import time
+    config = fresh_store / "config"
+    before = link_into_users(fresh_store, 3, "1700000000.M5P5.before:2,S", b"before the full\n")
+    full, incremental = tmp_path / "full.ims", tmp_path / "incr.ims"
+    since = time.strftime("%Y%m%d:%H%M%S")
+    run_cmd("imsbackup", "-f", str(full), "/", config_dir=config, check_rc=0)
+    time.sleep(1.05 - time.time() % 1)
+    between = link_into_users(fresh_store, 4, "1800000000.M6P6.between:2,S", b"between\n")
+    run_cmd("imsbackup", "-d", since, "-f", str(incremental), "/", config_dir=config,
+            check_rc=0)
+    remove_users(fresh_store)
+    result = run_cmd("imsrestore", "-f", str(full), "-f", str(incremental), "/",
+                     config_dir=config)
+    assert result.returncode == 0, result.stderr.decode()[-400:]
+    for paths, body in ((before, b"before the full\n"), (between, b"between\n")):
+        assert len({os.stat(path).st_ino for path in paths}) == 1
+        assert os.stat(paths[0]).st_nlink == len(paths)
+        assert all(path.read_bytes() == body for path in paths)
