@@ -110,39 +110,70 @@ Bytes = tuple[int, int, int, str, int, int]
 
 
 class StateRef(NamedTuple):
-    """A listed folder state kept by where it is: read again when the chain is fed (its
-    message list, kept as objects for every folder, was most of a chain's memory)."""
+    """Where a listed folder state is (read again when the chain is fed: its message list,
+    kept as objects for every folder, was most of a chain's memory), as ``MergedChain.listed``
+    gives it."""
 
     number: int                 # the archive
     offset: int                 # its folder-state member
     identity: int | None
 
 
+NO_SPAN = -1                    # the end of a folder's list of spans
+SHORT_HASH = 0xFFFFFFFF         # a base name's hash is kept in 32 bits
+
+
+def short_hash(key: str) -> int:
+    """The 32 bits of a base name's hash the merge keeps (a match is always checked against
+    the member's own name, and a miss searched for by name: see ``_Finder``)."""
+    return hash(key) & SHORT_HASH
+
+
 @dataclass
 class MergedChain:
     """The merge's result, kept compact (docs/performance.md, "Memory at scale"): for each
-    message member of a selected user's folder, the hash of its base name and its offset
-    (two machine words, in ``hashes`` and ``offsets``), and per folder and archive the range
-    of those entries; a message's size, SHA-256 and date are read again from its member
-    header when it is fed.  Names are interned: the keys of a user's folders share them."""
+    message member of a selected user's folder, 32 bits of its base name's hash and its
+    offset (in ``hashes`` and ``offsets``), and per folder and archive the span of those
+    entries; a message's size, SHA-256 and date are read again from its member header when
+    it is fed.  Names are interned: the keys of a user's folders share them."""
 
     readers: list[ArchiveReader]
     users: list[UserRecord] = field(default_factory=list)           # the last archive's
-    # the latest state of each folder: where its listing is, or an unchanged state never
-    # listed in the chain (its head is an incremental)
-    states: dict[tuple[str, str, str], StateRef | FolderRecord] = field(default_factory=dict)
+    # the latest state of each folder: the number of its listing (see ``listed``), or an
+    # unchanged state never listed in the chain (its head is an incremental)
+    states: dict[tuple[str, str, str], int | FolderRecord] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     earlier_users: dict[tuple[str, str], UserRecord] = field(default_factory=dict)
-    by_identity: dict[tuple[str, str, int | None], StateRef] = field(default_factory=dict)
-    hashes: array = field(default_factory=lambda: array("q"))        # hash(base name)
+    # (partition, user, identity) -> the number of the latest listing of that identity
+    by_identity: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
+    # each listing: its member's offset x archives + archive, and its folder's identity
+    listed_at: array = field(default_factory=lambda: array("q"))
+    listed_identity: list[int | None] = field(default_factory=list)
+    hashes: array = field(default_factory=lambda: array("I"))        # short_hash(base name)
     offsets: array = field(default_factory=lambda: array("q"))       # its member
-    # (partition, user) -> folder -> [archive, first, end, archive, first, end, ...]: the
-    # entries of ``hashes``/``offsets`` each archive holds for the folder, oldest first
-    # (an array: three machine words an archive, not a list of boxed integers)
-    ranges: dict[tuple[str, str], dict[str, array]] = field(default_factory=dict)
+    # (partition, user) -> folder -> where its newest span starts in ``spans``, whose records
+    # are [archive, first, end, the folder's previous span or NO_SPAN]: the entries of
+    # ``hashes``/``offsets`` each archive holds for the folder (four machine words an archive
+    # in one array: an array per folder cost some 160 bytes a folder)
+    ranges: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    spans: array = field(default_factory=lambda: array("q"))
     # per archive: hash(member name) -> offset of the data member a link member may name
     # (only messages of several links); -1 when two names share a hash
     shared: list[SharedOffsets] = field(default_factory=list)
+
+    def listed(self, listing: int) -> StateRef:
+        """Where a listing (a number from ``states`` or ``by_identity``) is."""
+        offset, number = divmod(self.listed_at[listing], len(self.readers))
+        return StateRef(number, offset, self.listed_identity[listing])
+
+    def folder_spans(self, head: int) -> list[tuple[int, int, int]]:
+        """A folder's spans, (archive, first, end), from the one starting at ``head``."""
+        found = []
+        spans = self.spans
+        while head != NO_SPAN:
+            found.append((spans[head], spans[head + 1], spans[head + 2]))
+            head = spans[head + 3]
+        return found
 
 
 class SharedOffsets:
@@ -173,23 +204,23 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
     for number, reader in enumerate(readers):
         shared: dict[int, int] = {}
         user: UserRecord | None = None
-        span: array | None = None         # the range of the folder being read
+        span_end = NO_SPAN                # where the span of the folder being read ends
         for member in reader.members():
             kind = member.kind
             if member.invalid is not None:
                 if kind in (fmt.USER, fmt.FOLDER):
                     user = None if kind == fmt.USER else user
-                    span = None
+                    span_end = NO_SPAN
                 chain.invalid.append(member.invalid)
                 continue
             if kind == fmt.USER:
                 user = member.record
-                span = None
+                span_end = NO_SPAN
                 if not user_selected(patterns, user.partition, user.group, user.user):
                     user = None
                 else:
                     for state in user.unchanged_states():
-                        _take_state(chain, state, None)   # format version 2: in the record
+                        _take_state(chain, state)   # format version 2: in the record
                     # kept without its unchanged folders (taken just above) and, for an
                     # earlier archive, without its folder lists, which only the last one's
                     # matter: kept whole, an incremental's records of 10,000 users held some
@@ -200,16 +231,20 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                         chain.earlier_users[(user.partition, user.user)] = \
                             _kept_user(user, whole=False)
             elif kind == fmt.FOLDER:
-                span = None
+                span_end = NO_SPAN
                 state: FolderRecord = member.record
                 if user is None or (state.partition, state.user) != (user.partition, user.user):
                     continue
                 # every folder of a selected user (the engine selects folders): a folder
                 # renamed between backups is found under its old name
-                _take_state(chain, state, StateRef(number, member.offset, state.identity))
+                _take_state(chain, state, member.offset * len(readers) + number)
                 folders = chain.ranges.setdefault((intern(state.partition), intern(state.user)), {})
-                span = folders.setdefault(intern(state.folder), array("q"))
-                span.extend((number, len(chain.hashes), len(chain.hashes)))
+                folder = intern(state.folder)
+                head = len(chain.spans)
+                chain.spans.extend((number, len(chain.hashes), len(chain.hashes),
+                                    folders.get(folder, NO_SPAN)))
+                folders[folder] = head
+                span_end = head + 2
             elif kind == fmt.MESSAGE:
                 record: MessageRecord = member.record
                 if member.is_link:
@@ -218,11 +253,11 @@ def merge(readers: list[ArchiveReader], patterns: tuple[Pattern, ...]) -> Merged
                 elif record.links > 1:            # bytes a selected user's link may need
                     name_hash = hash(member.name)
                     shared[name_hash] = -1 if name_hash in shared else member.offset
-                if span is None:
+                if span_end == NO_SPAN:
                     continue
-                chain.hashes.append(hash(record.key))
+                chain.hashes.append(short_hash(record.key))
                 chain.offsets.append(member.offset)
-                span[-1] = len(chain.hashes)
+                chain.spans[span_end] = len(chain.hashes)
         chain.shared.append(SharedOffsets(shared))
     return chain
 
@@ -244,27 +279,43 @@ def _kept_user(user: UserRecord, whole: bool) -> UserRecord:
         unchanged=(), unchanged_since=None)
 
 
-def _take_state(chain: MergedChain, state: FolderRecord, at: StateRef | None) -> None:
+def _take_state(chain: MergedChain, state: FolderRecord, at: int | None = None) -> None:
     """A folder state of a selected user, read in chain order (``at``: where a listed one
-    is): a listed state replaces the one kept; an unchanged one keeps the earlier state,
-    found by identity when the folder was renamed."""
+    is, offset x archives + archive): a listed state replaces the one kept; an unchanged one
+    keeps the earlier state, found by identity when the folder was renamed."""
     intern = sys.intern
     folder_key = (intern(state.partition), intern(state.user), intern(state.folder))
     identity_key = (folder_key[0], folder_key[1], state.identity)
     known = chain.states.get(folder_key)
+    known_identity = (known.identity if isinstance(known, FolderRecord)
+                      else None if known is None else chain.listed_identity[known])
     if state.unchanged and state.identity is not None \
             and identity_key in chain.by_identity \
-            and (known is None or known.identity != state.identity):
+            and (known is None or known_identity != state.identity):
         # renamed since its last listing: cur/ and new/ did not change, so the backup saw
         # nothing; the folder is the one with the same identity, also when a folder deleted
         # meanwhile had this name (identity wins); ``listed_state`` gives it its new name
         chain.states[folder_key] = chain.by_identity[identity_key]
     elif not state.unchanged or folder_key not in chain.states:
-        chain.states[folder_key] = at if at is not None else state
-    # only a listed state is what a renamed folder's identity leads to: a version 1
-    # unchanged member has a place too, but no messages
-    if at is not None and not state.unchanged and state.identity is not None:
-        chain.by_identity[identity_key] = at
+        if at is None:
+            chain.states[folder_key] = state
+        else:
+            listing = len(chain.listed_at)
+            chain.listed_at.append(at)
+            chain.listed_identity.append(state.identity)
+            chain.states[folder_key] = listing
+            # only a listed state is what a renamed folder's identity leads to: a version 1
+            # unchanged member has a place too, but no messages
+            if not state.unchanged and state.identity is not None:
+                chain.by_identity[identity_key] = listing
+
+
+def state_identity(chain: MergedChain, key: tuple[str, str, str]) -> int | None:
+    """The identity of a folder's kept state (None: none kept, or none recorded)."""
+    kept = chain.states.get(key)
+    if kept is None or isinstance(kept, FolderRecord):
+        return None if kept is None else kept.identity
+    return chain.listed_identity[kept]
 
 
 def listed_state(chain: MergedChain, key: tuple[str, str, str]) -> FolderRecord | None:
@@ -273,10 +324,11 @@ def listed_state(chain: MergedChain, key: tuple[str, str, str]) -> FolderRecord 
     kept = chain.states.get(key)
     if kept is None or isinstance(kept, FolderRecord):
         return kept
-    reader = chain.readers[kept.number]
-    member = reader.member_at(kept.offset)
+    where = chain.listed(kept)
+    reader = chain.readers[where.number]
+    member = reader.member_at(where.offset)
     if member is None:
-        raise ArchiveDamaged(f"{reader.device_name}: no folder state at byte {kept.offset}"
+        raise ArchiveDamaged(f"{reader.device_name}: no folder state at byte {where.offset}"
                              " where it was read before")
     reader.json_at(member)
     decode_record(member)
@@ -289,38 +341,63 @@ def listed_state(chain: MergedChain, key: tuple[str, str, str]) -> FolderRecord 
 class _Finder:
     """Where the bytes of a listed message are: first among the members of its folder (by
     name, the latest archive first), else among all its user's (a folder renamed between
-    backups).  A map of one folder's (or one user's) entries is built when first asked for
-    and kept until another is; each hit is checked against the member's own name, so two
-    base names of the same hash never swap bytes (the second is reported missing)."""
+    backups).  A map of one folder's (or one user's) entries by their 32-bit hash is built
+    when first asked for and kept until another is; each hit is checked against the member's
+    own name, and a name the maps miss (two base names of one short hash: the later one
+    hides the other) is searched for among the entries of its hash, by name."""
 
     def __init__(self, chain: MergedChain) -> None:
         self.chain = chain
         self._folder: tuple[tuple[str, str, str], dict[int, int]] | None = None
         self._user: tuple[tuple[str, str], dict[int, int]] | None = None
 
-    def _map(self, spans: list[array]) -> dict[int, int]:
-        """hash(base name) -> entry x archives + archive, later archives replacing earlier
-        ones (one int a message: the map lives while a folder or a user is fed)."""
+    def _spans(self, heads: list[int]) -> list[tuple[int, int, int]]:
+        """The spans of the folders whose newest spans start at ``heads``, oldest archive
+        first."""
+        return sorted(span for head in heads for span in self.chain.folder_spans(head))
+
+    def _map(self, heads: list[int]) -> dict[int, int]:
+        """short hash -> entry x archives + archive, later archives replacing earlier ones
+        (one int a message: the map lives while a folder or a user is fed)."""
         hashes, count = self.chain.hashes, len(self.chain.readers)
         found: dict[int, int] = {}
-        for number, first, end in sorted(
-                (span[i], span[i + 1], span[i + 2]) for span in spans
-                for i in range(0, len(span), 3)):
+        for number, first, end in self._spans(heads):
             for entry in range(first, end):
                 found[hashes[entry]] = entry * count + number
         return found
 
     def find(self, partition: str, user: str, folder: str, key: str) -> Bytes | None:
         folders = self.chain.ranges.get((partition, user), {})
+        folder_heads = [folders[folder]] if folder in folders else []
+        short = short_hash(key)
         if self._folder is None or self._folder[0] != (partition, user, folder):
-            spans = [folders.get(folder, array("q"))]
-            self._folder = ((partition, user, folder), self._map(spans))
-        source = self._source(self._folder[1].get(hash(key)), key)
+            self._folder = ((partition, user, folder), self._map(folder_heads))
+        source = self._source(self._folder[1].get(short), key)
         if source is not None:
             return source
         if self._user is None or self._user[0] != (partition, user):
             self._user = ((partition, user), self._map(list(folders.values())))
-        return self._source(self._user[1].get(hash(key)), key)
+        source = self._source(self._user[1].get(short), key)
+        if source is not None:
+            return source
+        return self._search(folder_heads, short, key) or \
+            self._search(list(folders.values()), short, key)
+
+    def _search(self, heads: list[int], short: int, key: str) -> Bytes | None:
+        """The entries of the short hash in these folders, the latest archive first, each
+        checked by name (the maps keep one entry a hash)."""
+        hashes, count = self.chain.hashes, len(self.chain.readers)
+        for number, first, end in reversed(self._spans(heads)):
+            while first < end:
+                try:
+                    entry = hashes.index(short, first, end)
+                except ValueError:
+                    break
+                source = self._source(entry * count + number, key)
+                if source is not None:
+                    return source
+                first = entry + 1
+        return None
 
     def _source(self, packed: int | None, key: str) -> Bytes | None:
         if packed is None:
@@ -366,9 +443,9 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
         for user in chain.users:
             now_named: dict[int, str] = {}       # identity -> the folder's last name
             for folder in user.folders:
-                current = chain.states.get((user.partition, user.user, folder))
-                if current is not None and current.identity is not None:
-                    now_named[current.identity] = folder
+                identity = state_identity(chain, (user.partition, user.user, folder))
+                if identity is not None:
+                    now_named[identity] = folder
             partition, name = user.partition, user.user
             for folder in kept.get((partition, name), ()):
                 if folder in user.folders or folder in user.excluded_folders:
@@ -376,7 +453,7 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                 if any(p.folder is not None and p.user_matches(partition, user.group, name)
                        and p.folder_matches(folder) for p in engine.options.patterns):
                     engine.mark_hits(partition, user.group, name, folder)
-                    identity = chain.states[(partition, name, folder)].identity
+                    identity = state_identity(chain, (partition, name, folder))
                     if identity is not None and identity in now_named:
                         engine.report.notes.append(
                             f"{user.logical}/{folder}: renamed to {now_named[identity]} before the"

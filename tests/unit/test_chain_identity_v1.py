@@ -15,10 +15,11 @@ def state(folder: str, unchanged: bool) -> FolderRecord:
 
 
 def test_a_renamed_folder_follows_its_last_listing_past_a_v1_unchanged_member():
-    chain = MergedChain(readers=[])
+    chain = MergedChain(readers=[None, None])         # two archives: places are offset x 2 + n
+    _take_state(chain, state("Drafts", unchanged=False), 1024 * 2 + 0)     # the full backup
+    _take_state(chain, state("Drafts", unchanged=True), 512 * 2 + 1)       # v1 incremental
+    _take_state(chain, state("Renamed", unchanged=True))                   # v2, after a rename
     listed = StateRef(0, 1024, 7)
-    _take_state(chain, state("Drafts", unchanged=False), listed)          # the full backup
-    _take_state(chain, state("Drafts", unchanged=True), StateRef(1, 512, 7))  # v1 incremental
-    _take_state(chain, state("Renamed", unchanged=True), None)            # v2, after a rename
-    assert chain.states[("primary", "amy", "Renamed")] == listed
-    assert chain.by_identity[("primary", "amy", 7)] == listed
+    assert chain.listed(chain.states[("primary", "amy", "Renamed")]) == listed
+    assert chain.listed(chain.by_identity[("primary", "amy", 7)]) == listed
+    assert chain.listed(chain.states[("primary", "amy", "Drafts")]) == listed
