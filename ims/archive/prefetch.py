@@ -54,7 +54,7 @@ class PrefetchReader:
     def __init__(self, fd: int, device_name: str, blocking_factor: int | None) -> None:
         self.device_name = device_name
         self.header: ArchiveHeader | None = None
-        self.trailer: TrailerRecord | None = None
+        self.trailer: TrailerRecord | None = None     # verified; its index not kept
         self.helper = HelperProcess(SLOTS, SLOT_SIZE)
         self.views = self.helper.views
         self.channel = self.helper.start(lambda channel: self._child(channel, fd, blocking_factor))
@@ -173,6 +173,9 @@ class PrefetchReader:
         reader.decode_kinds = frozenset((fmt.MESSAGE,))
         # JSON travels as text: a parsed object may be too deep to pickle
         reader.json_kinds = frozenset()
+        # the trailer is verified here; its index would only travel to a parent that reads
+        # in order and never looks anything up by it
+        reader.keep_trailer_index = False
         free = list(range(SLOTS))
         lock = threading.Lock()
         batch: dict[str, Any] = {"slot": None, "used": 0, "entries": [], "waiting_since": None}

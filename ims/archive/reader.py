@@ -25,7 +25,8 @@ import mmap
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from ims.archive import format as fmt
@@ -188,6 +189,12 @@ class ArchiveReader:
         self.json_kinds = frozenset((fmt.USER, fmt.FOLDER, fmt.HEADER))
         self._pending = 0           # unread data bytes (with padding) of the current member
         self._pending_digest = False
+        # whether the trailer verified at the end of ``members`` keeps its index (the
+        # prefetching child's parent has no use for it)
+        self.keep_trailer_index = True
+        # the trailer ``locate_trailer`` last decoded, while its caller holds it: (offset, the
+        # SHA-256 of its text, the record); the one verified in order shares its index
+        self._located: tuple[int, str, weakref.ref[TrailerRecord]] | None = None
 
     # -- raw reading -----------------------------------------------------------------
 
@@ -399,8 +406,26 @@ class ArchiveReader:
             raise ArchiveDamaged(f"{self._where(member)}:"
                                  f" metadata of {member.size} bytes is over the limit of"
                                  f" {limits.MAX_JSON_MEMBER}")
+        located = self._located[2]() if self._located is not None and \
+            self._located[0] == member.offset else None
+        text = hashlib.sha256()
+
+        def hashed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+            for chunk in chunks:
+                text.update(chunk)
+                yield chunk
+        # a trailer already located holds the index: this one is checked entry by entry and
+        # shares it when the two texts are the same (two copies at 1,000,000 messages: 10 MiB)
         trailer = TrailerRecord.decode_stream(
-            self._payload_chunks(member), f"{self.device_name}: the trailer at byte {member.offset}")
+            hashed(self._payload_chunks(member)),
+            f"{self.device_name}: the trailer at byte {member.offset}",
+            keep_index=self.keep_trailer_index and located is None)
+        if located is not None:
+            assert self._located is not None
+            if text.hexdigest() != self._located[1]:
+                raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {member.offset}"
+                                     " changed while the archive was read")
+            trailer = replace(trailer, folders=located.folders, users=located.users)
         member.body = trailer.raw
         problems = []
         if trailer.trailer_offset != member.offset:
@@ -481,6 +506,8 @@ class ArchiveReader:
         if member.size > limits.MAX_JSON_MEMBER:
             return None
 
+        text = hashlib.sha256()
+
         def chunks() -> Iterator[bytes]:
             position, left = member.data_offset, member.size
             while left:
@@ -489,14 +516,17 @@ class ArchiveReader:
                     return
                 position += len(chunk)
                 left -= len(chunk)
+                text.update(chunk)
                 yield chunk
         try:
-            return TrailerRecord.decode_stream(
+            trailer = TrailerRecord.decode_stream(
                 chunks(), f"{self.device_name}: the trailer at byte {member.offset}")
         except RecordError:
             raise
         except ArchiveDamaged:
             return None
+        self._located = (member.offset, text.hexdigest(), weakref.ref(trailer))
+        return trailer
 
     def _member_by_name_block(self, offset: int) -> Member | None:
         """The member whose ustar header (found by its name) is at ``offset``: steps back to

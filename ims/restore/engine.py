@@ -150,7 +150,6 @@ class Engine:
         # the shared messages whose other links are still to come, not every one restored.
         # (Not the format version: early version 2 backups kept every first copy.)
         self.forget_linked = forget_linked
-        self._links_seen: dict[str, int] = {}  # first copy -> sights so far, while < st_nlink
         self.hits = [False] * len(options.patterns)   # which NAMEs matched something
         self._user: _User | None = None
         self._folder: _Folder | None = None
@@ -451,11 +450,7 @@ class Engine:
         if not self.forget_linked:
             self._remember(name, record, placed)
             return
-        seen = self._links_seen.pop(linkname, 1) + 1
-        if seen < record.links:
-            self._links_seen[linkname] = seen
-        else:
-            self.restored.pop(linkname, None)
+        self.restored.sighted(linkname, record.links)
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -573,10 +568,12 @@ def indexed_folders(reader: ArchiveReader, trailer: TrailerRecord,
                 yield entry.partition, entry.group, entry.user, unchanged.folder
 
 
-def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:
-    """A message's bytes found by member name in a seekable archive (the trailer's index);
-    each folder is scanned once, its data members remembered by name."""
+def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord | None = None) -> Fetch:
+    """A message's bytes found by member name in a seekable archive (the trailer's index,
+    located when first needed if not given); each folder is scanned once, its data members
+    remembered by name."""
     scanned: dict[tuple[str, str, str], dict[str, Member]] = {}
+    located: list[TrailerRecord] = [trailer] if trailer is not None else []
 
     def fetch(name: str) -> bytes | None:
         parts = name.split("/")
@@ -584,7 +581,12 @@ def fetch_by_name(reader: ArchiveReader, trailer: TrailerRecord) -> Fetch:
             return None
         key = (parts[0], parts[1], "/".join(parts[2:-1]))
         if key not in scanned:
-            extent = trailer.folders.find(*key)
+            if not located:
+                found = reader.locate_trailer()
+                if found is None:
+                    return None
+                located.append(found)
+            extent = located[0].folders.find(*key)
             if extent is None:
                 return None
             if len(scanned) > 64:           # links point mostly to recent folders

@@ -10,6 +10,10 @@ place and compared on every lookup, so two names with the same hash never take e
 file (the later one would only find nothing: a copy fetched by the index, or named).  An
 entry costs 64 bytes of memory whatever the store, instead of a folder writer kept alive
 and three Python objects.
+
+Each entry also counts its sights (the first copy, then each link placed to it, ``sighted``)
+in the map's own count, so that the engine can forget it after its last link without a
+dict of names beside it (at 1,000,000 messages that dict had held some 10 MiB).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class FirstCopies:
                  unpack: Callable[[bytes], RestoredFile]) -> None:
         self._pack, self._unpack = pack, unpack
         self._open: dict[str, RestoredFile] = {}    # placed in the folder in progress
+        self._open_sights: dict[str, int] = {}      # of those, sights above one
         self._settled = SpilledMap()
 
     def __len__(self) -> int:
@@ -38,19 +43,26 @@ class FirstCopies:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
+    def _settled_entry(self, name: str) -> tuple[tuple[int, int], bytes, int] | None:
+        """(key, packed place, sights) of a settled first copy, or None (also when the key
+        is another name's: two names of one hash)."""
+        encoded = name.encode("utf-8", "surrogateescape")
+        key = _key(encoded)
+        stored = self._settled.get(*key)
+        if stored is None:
+            return None
+        value, sights = stored
+        length = int.from_bytes(value[:4], "big")
+        if value[4:4 + length] != encoded:
+            return None
+        return key, value[4 + length:], sights
+
     def get(self, name: str) -> RestoredFile | None:
         found = self._open.get(name)
         if found is not None:
             return found
-        encoded = name.encode("utf-8", "surrogateescape")
-        stored = self._settled.get(*_key(encoded))
-        if stored is None:
-            return None
-        value, _ = stored
-        length = int.from_bytes(value[:4], "big")
-        if value[4:4 + length] != encoded:
-            return None                 # another name with the same hash
-        return self._unpack(value[4 + length:])
+        entry = self._settled_entry(name)
+        return None if entry is None else self._unpack(entry[1])
 
     def __getitem__(self, name: str) -> RestoredFile:
         found = self.get(name)
@@ -65,10 +77,26 @@ class FirstCopies:
         if name not in self:
             self._open[name] = restored
 
-    def pop(self, name: str, default: object = None) -> None:
-        """Forget the name (its last link is placed)."""
-        self._open.pop(name, None)
-        self._settled.remove(*_key(name.encode("utf-8", "surrogateescape")))
+    def sighted(self, name: str, links: int) -> None:
+        """One more link to the first copy ``name`` is placed: counted with the first copy
+        itself as one sight, and the name forgotten once the sights reach ``links`` (the
+        inode's link count when the backup saw it).  A name not remembered: nothing."""
+        if name in self._open:
+            sights = self._open_sights.get(name, 1) + 1
+            if sights < links:
+                self._open_sights[name] = sights
+            else:
+                del self._open[name]
+                self._open_sights.pop(name, None)
+            return
+        entry = self._settled_entry(name)
+        if entry is None:
+            return
+        key, _, sights = entry
+        if sights + 1 < links:
+            self._settled.set_count(*key, sights + 1)
+        else:
+            self._settled.remove(*key)
 
     def settle(self) -> None:
         """The folder in progress is committed or discarded: its first copies are where
@@ -76,5 +104,6 @@ class FirstCopies:
         for name, restored in self._open.items():
             encoded = name.encode("utf-8", "surrogateescape")
             self._settled.put(*_key(encoded), len(encoded).to_bytes(4, "big") + encoded
-                              + self._pack(restored))
+                              + self._pack(restored), self._open_sights.get(name, 1))
         self._open.clear()
+        self._open_sights.clear()

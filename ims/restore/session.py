@@ -22,8 +22,8 @@ from ims.archive.records import ArchiveHeader, RecordError, TrailerRecord
 from ims.config import Config
 from ims.errors import ArchiveDamaged, ConfigError, UsageError
 from ims.restore import chain as chains
-from ims.restore.engine import (Decide, Engine, RestoreOptions, RestoreReport, feed_archive,
-                                feed_indexed, fetch_by_name, indexed_folders)
+from ims.restore.engine import (Decide, Engine, Fetch, RestoreOptions, RestoreReport,
+                                feed_archive, feed_indexed, fetch_by_name, indexed_folders)
 from ims.restore.refs import feed_refs
 from ims.restore.selection import Pattern, accept_user_forms, not_in_archive, selects_users_only
 from ims.store.maildir import LayoutError, MaildirStore
@@ -107,11 +107,18 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
         check_names(names, options.patterns,
                     ((u.partition, u.group, u.user) for u in trailer.users),
                     indexed_folders(reader, trailer, options.patterns), reader.device_name)
-    fetch = fetch_by_name(reader, trailer) if trailer is not None else None
     if trailer is not None and selects_users_only(options.patterns) and not options.list_only:
         feed = feed_indexed(reader, trailer)
+        fetch: Fetch | None = fetch_by_name(reader, trailer)
     else:
         feed = feed_archive(reader)
+        # read in order, the index serves only a link whose first copy must be fetched (not
+        # there when its link comes): it is located again then, not held through the run (at
+        # 1,000,000 messages some 5 MiB), nor built again for the trailer verified at the end
+        fetch = fetch_by_name(reader) if trailer is not None else None
+        if isinstance(reader, ArchiveReader):
+            reader.keep_trailer_index = False
+        trailer = None
     engine = Engine(writer, options, decide, has_full=order.has_full,
                     backup_created=header.created, fetch=fetch, emit=emit,
                     forget_linked=header.options.get("links_counted") is True)

@@ -15,6 +15,7 @@ import pytest
 from conftest import backup_in_process, run_cmd
 
 from ims import singlecopy
+from ims.archive.reader import ArchiveReader
 from ims.archive.records import ArchiveHeader
 from ims.restore import engine as engine_module
 from ims.samplestore import SampleSpec, generate
@@ -201,3 +202,54 @@ def test_a_chain_restore_brings_every_shared_message_back_as_one_file(fresh_stor
         assert len({os.stat(path).st_ino for path in paths}) == 1
         assert os.stat(paths[0]).st_nlink == len(paths)
         assert all(path.read_bytes() == body for path in paths)
+
+
+def test_a_link_whose_first_copy_is_not_restored_is_fetched_from_the_file(fresh_store,
+                                                                          tmp_path):
+    """A whole restore reads the archive in order, without holding the trailer's index; a
+    link whose first copy this run did not place (its user's partition is not configured
+    here) is fetched by name, the index located when that link comes, not left unresolved."""
+    users = [sorted(partition.iterdir())[0] for partition in
+             sorted((fresh_store / "partitions").iterdir())][:2]
+    assert users[0].parent != users[1].parent
+    first = users[0] / "Maildir" / "cur" / "1700000000.M5P5.fetched:2,S"
+    first.write_bytes(b"fetched\n")
+    os.link(first, users[1] / "Maildir" / "cur" / first.name)
+    config = fresh_store / "config"
+    archive = tmp_path / "full.ims"
+    run_cmd("imsbackup", "-f", str(archive), "/", config_dir=config, check_rc=0)
+    links = [member.name for member in archive_members(archive) if member.is_link]
+    paths = [user / "Maildir" / "cur" / first.name for user in users]
+    linked = [path for path in paths if member_name(path) in links]
+    assert len(linked) == 1                       # the user holding the link member
+    other = next(path for path in paths if path != linked[0])
+    user = linked[0].parent.parent.parent
+    shutil.rmtree(user)
+    # the first copy's partition is left out of the configuration the restore reads
+    restore_config = tmp_path / "config"
+    shutil.copytree(config, restore_config)
+    conf = restore_config / "msg.conf"
+    partition = other.parent.parent.parent.parent.name
+    lines = conf.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith(f"store.partition.{partition}.")]
+    assert len(kept) == len(lines) - 1
+    text = "\n".join(kept) + "\n"
+    if f"defaultpartition = {partition}" in text:
+        text = text.replace(f"defaultpartition = {partition}",
+                            f"defaultpartition = {user.parent.name}")
+    conf.write_text(text)
+    result = run_cmd("imsrestore", "-f", str(archive), "/", config_dir=restore_config)
+    assert result.returncode == 1, result.stderr          # the other partition's users: skipped
+    assert b"not configured" in result.stderr
+    assert b"unresolved" not in result.stderr and b"not in the archive" not in result.stderr
+    assert linked[0].read_bytes() == b"fetched\n"
+
+
+def archive_members(archive: Path) -> list:
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        reader = ArchiveReader(fd, str(archive), None)
+        reader.read_header()
+        return list(reader.members())
+    finally:
+        os.close(fd)

@@ -120,3 +120,71 @@ def test_a_trailer_of_megabytes_is_located_a_window_at_a_time(tmp_path):
     assert located is not None and len(located.folders) == 40000 and len(located.users) == 500
     assert located.folders.find("primary", "user499é", "F499x39999") is not None
     assert peak - held < 3 << 20, (held, peak)
+
+
+def _read_in_order(path, locate: bool):
+    """Reads the archive in order with one reader; with ``locate`` the trailer is first
+    located from the end and held (as a restore from a file does)."""
+    fd = os.open(path, os.O_RDONLY)
+    reader = ArchiveReader(fd, str(path), None)
+    located = reader.locate_trailer() if locate else None
+    reader.read_header()
+    try:
+        for _ in reader.members():
+            pass
+    finally:
+        os.close(fd)
+    return reader, located
+
+
+def test_the_trailer_read_in_order_shares_the_index_of_the_one_located(tmp_path):
+    """A restore from a file holds the located trailer's index; the trailer verified at the
+    end of the reading in order is checked entry by entry and shares that index instead of
+    building a second one (at 1,000,000 messages some 5 MiB each)."""
+    path = tmp_path / "a.ims"
+    write_archive(path, 300, users=4)
+    reader, located = _read_in_order(path, locate=True)
+    assert located is not None and reader.trailer is not None
+    assert reader.trailer.folders is located.folders and reader.trailer.users is located.users
+    alone, _ = _read_in_order(path, locate=False)
+    assert alone.trailer is not None and alone.trailer.folders is not located.folders
+    assert list(alone.trailer.folders) == list(located.folders) and len(located.folders) == 300
+
+
+def test_a_trailer_changed_between_locating_and_reading_is_damage(tmp_path):
+    """The file changes under the restore (an index offset rewritten, still valid JSON, the
+    digest over the members untouched): the index located first is not trusted for the
+    trailer read later; the reading stops with ArchiveDamaged naming the trailer."""
+    path = tmp_path / "a.ims"
+    write_archive(path, 30, users=3)
+    payload, _ = trailer_payload(path)
+    data = path.read_bytes()
+    at = data.index(payload)
+    old, new = b'"messages":1,', b'"messages":2,'      # one folder's entry in the index
+    assert payload.index(old) > payload.index(b'"index"')
+    fd = os.open(path, os.O_RDWR)
+    reader = ArchiveReader(fd, str(path), None)
+    try:
+        located = reader.locate_trailer()
+        assert located is not None
+        os.pwrite(fd, payload.replace(old, new, 1), at)
+        reader.read_header()
+        with pytest.raises(ArchiveDamaged, match="trailer at byte .* changed while the archive"):
+            for _ in reader.members():
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_a_trailer_verified_without_its_index_still_checks_every_entry():
+    entries = [{"partition": "primary", "user": "u", "folder": "INBOX", "offset": 0, "end": 1,
+                "messages": 1}]
+    text = json.dumps({"trailer_offset": 1, "digest": "sha256:0", "counts": {},
+                       "index": entries, "users": [{"partition": "primary", "user": "u",
+                                                    "group": "", "offset": 0}]}).encode()
+    trailer = TrailerRecord.decode_stream([text], "t", keep_index=False)
+    assert len(trailer.folders) == 0 and len(trailer.users) == 0
+    assert trailer.trailer_offset == 1
+    bad = text.replace(b'"folder": "INBOX"', b'"folder": "../x"')
+    with pytest.raises(RecordError):
+        TrailerRecord.decode_stream([bad], "t", keep_index=False)
