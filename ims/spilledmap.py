@@ -1,16 +1,18 @@
-"""A map from a pair of 64-bit integers to a byte string and a count, for the tables that
-hold one entry per shared message still waiting for its other links: the backup's
-single-copy table (``ims.singlecopy``) and the restore's table of first copies
-(``ims.restore.engine``).  Both grow with the store's shared messages; as Python dicts they
-cost 200 to 350 bytes an entry (at 1,000,000 messages about 20 MiB in each process).
+"""A map from a 64-bit integer to a byte string and a count, for the tables that hold one
+entry per shared message still waiting for its other links: the backup's single-copy table
+(``ims.singlecopy``), the restore's table of first copies (``ims.restore.firstcopies``) and a
+chain restore's shared members (``ims.restore.chain``).  They grow with the store's shared
+messages; as Python dicts they cost 200 to 350 bytes an entry (at 1,000,000 messages about
+20 MiB in each process).
 
-Here the keys and the count live in one ``array('Q')`` of three words a slot (open
-addressing, linear probing, at most three quarters full: 32 to 64 bytes an entry; with four
-words and half full it had been 64 to 128, some 8 MiB at 1,000,000 messages), and the byte
-strings in an unlinked temporary file (``tempfile.TemporaryFile``: no name, freed with the
-process), read back with one ``pread`` when looked up.  Strings are appended and never rewritten; a removed
-entry's bytes stay in the file (a few tens of bytes a shared message on disk, not in memory).
-Without a usable temporary directory the strings stay in memory, as they did before.
+Here the key and the count live in one ``array('Q')`` of two words a slot (open addressing,
+linear probing, at most three quarters full: 21 to 43 bytes an entry; with three words, the
+key in two, it had been 32 to 64), and the byte strings in an unlinked temporary file
+(``tempfile.TemporaryFile``: no name, freed with the process), read back with one ``pread``
+when looked up.  A key is exact: callers whose key is a hash store what it stands for in
+the value and compare it.  Strings are appended and never rewritten; a removed entry's bytes
+stay in the file (a few tens of bytes a shared message on disk, not in memory).  Without a
+usable temporary directory the strings stay in memory, as they did before.
 
 Failure behaviour: when the temporary file cannot grow (``$TMPDIR`` full), its contents are
 read back and the map goes on in memory; a failed read of it is a ``DeviceError`` (not an
@@ -27,7 +29,7 @@ from ims.errors import DeviceError
 
 _WHAT = "the temporary file of the table of shared messages (in $TMPDIR)"
 _EMPTY = 0                  # offset word of an empty slot (offsets are stored plus one)
-_WIDTH = 3                  # words a slot: key1, key2, (offset + 1) << 24 | count
+_WIDTH = 2                  # words a slot: key, (offset + 1) << 24 | count
 _COUNT_BITS = 24
 _COUNT_MAX = (1 << _COUNT_BITS) - 1     # a larger count is kept at this (never reached:
                                         # counts are links of one inode)
@@ -62,67 +64,65 @@ class SpilledMap:
             self._file.close()
             self._file = None
 
-    def _home(self, key1: int, key2: int) -> int:
-        # Fibonacci hashing: the product's top bits, which every bit of the keys reaches
-        return (((key1 ^ (key2 * _MIX)) * _MIX) & _MASK64) >> (64 - self._bits)
+    def _home(self, key: int) -> int:
+        # Fibonacci hashing: the product's top bits, which every bit of the key reaches
+        return ((key * _MIX) & _MASK64) >> (64 - self._bits)
 
-    def _find(self, key1: int, key2: int) -> int:
+    def _find(self, key: int) -> int:
         """The slot holding the key, or the empty slot where it would go."""
         slots = self._slots
         mask = self._size - 1
-        index = self._home(key1, key2)
+        index = self._home(key)
         while True:
             base = index * _WIDTH
-            if slots[base + 2] == _EMPTY:
+            if slots[base + 1] == _EMPTY:
                 return index
-            if slots[base] == key1 and slots[base + 1] == key2:
+            if slots[base] == key:
                 return index
             index = (index + 1) & mask
 
-    def get(self, key1: int, key2: int) -> tuple[bytes, int] | None:
+    def get(self, key: int) -> tuple[bytes, int] | None:
         """(the bytes, the count) stored under the key, or None."""
-        base = self._find(key1, key2) * _WIDTH
-        slots = self._slots
-        if slots[base + 2] == _EMPTY:
+        base = self._find(key) * _WIDTH
+        packed = self._slots[base + 1]
+        if packed == _EMPTY:
             return None
-        packed = slots[base + 2]
         return self._read((packed >> _COUNT_BITS) - 1), packed & _COUNT_MAX
 
-    def put(self, key1: int, key2: int, value: bytes, count: int = 1) -> None:
+    def put(self, key: int, value: bytes, count: int = 1) -> None:
         """Store ``value`` and ``count`` under the key (replacing what it had)."""
         if 4 * (self._count + 1) > 3 * self._size:      # at most three quarters full
             self._grow()
-        base = self._find(key1, key2) * _WIDTH
+        base = self._find(key) * _WIDTH
         slots = self._slots
-        if slots[base + 2] == _EMPTY:
+        if slots[base + 1] == _EMPTY:
             self._count += 1
-        slots[base] = key1
-        slots[base + 1] = key2
-        slots[base + 2] = (self._write(value) + 1) << _COUNT_BITS | min(count, _COUNT_MAX)
+        slots[base] = key
+        slots[base + 1] = (self._write(value) + 1) << _COUNT_BITS | min(count, _COUNT_MAX)
 
-    def set_count(self, key1: int, key2: int, count: int) -> None:
-        base = self._find(key1, key2) * _WIDTH
-        if self._slots[base + 2] == _EMPTY:
-            raise KeyError((key1, key2))
-        packed = self._slots[base + 2]
-        self._slots[base + 2] = packed >> _COUNT_BITS << _COUNT_BITS | min(count, _COUNT_MAX)
+    def set_count(self, key: int, count: int) -> None:
+        base = self._find(key) * _WIDTH
+        packed = self._slots[base + 1]
+        if packed == _EMPTY:
+            raise KeyError(key)
+        self._slots[base + 1] = packed >> _COUNT_BITS << _COUNT_BITS | min(count, _COUNT_MAX)
 
-    def remove(self, key1: int, key2: int) -> None:
+    def remove(self, key: int) -> None:
         """Forget the key (nothing when it is not there).  Backward-shift deletion: the
         entries after it in its run move up, so no probe ever stops early."""
         slots = self._slots
         mask = self._size - 1
-        hole = self._find(key1, key2)
-        if slots[hole * _WIDTH + 2] == _EMPTY:
+        hole = self._find(key)
+        if slots[hole * _WIDTH + 1] == _EMPTY:
             return
         self._count -= 1
         index = hole
         while True:
             index = (index + 1) & mask
             base = index * _WIDTH
-            if slots[base + 2] == _EMPTY:
+            if slots[base + 1] == _EMPTY:
                 break
-            home = self._home(slots[base], slots[base + 1])
+            home = self._home(slots[base])
             # the entry may fill the hole unless its home lies after the hole, up to it
             if (index > hole and (home <= hole or home > index)) or \
                     (index < hole and home <= hole and home > index):
@@ -138,8 +138,8 @@ class SpilledMap:
         self._slots = array("Q", bytes(8 * _WIDTH * self._size))
         for index in range(old_size):
             base = index * _WIDTH
-            if old[base + 2] != _EMPTY:
-                new = self._find(old[base], old[base + 1]) * _WIDTH
+            if old[base + 1] != _EMPTY:
+                new = self._find(old[base]) * _WIDTH
                 self._slots[new:new + _WIDTH] = old[base:base + _WIDTH]
 
     def _write(self, value: bytes) -> int:

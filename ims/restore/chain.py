@@ -464,10 +464,11 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                         f"{user.logical}/{folder}: not in the last backup of the chain (deleted"
                         " before it): not restored; restore it from an earlier archive alone to"
                         " bring it back")
-        # shared bytes (archive offset, archive) -> the first name fed: a table of 64 bytes
-        # an entry, the names in its temporary file (as a dict: 190 bytes an entry, 11.8 MiB
-        # for the 63,000 shared messages of a 1,000,000-message store)
+        # shared bytes (archive offset, archive) -> the first name fed: a table of 21 to 43
+        # bytes an entry, the names in its temporary file (as a dict: 190 bytes an entry,
+        # 11.8 MiB for the 63,000 shared messages of a 1,000,000-message store)
         emitted = SpilledMap()
+        archives = len(chain.readers)
         try:
             finder = _Finder(chain)
             for user in chain.users:
@@ -501,9 +502,11 @@ def feed_chain(chain: MergedChain) -> Callable[[Engine], None]:
                                                size, sha, links)
                         first = None
                         if links > 1:
-                            fed = emitted.get(offset, number)
+                            # exact: offsets are far below 2**64 / archives
+                            place = offset * archives + number
+                            fed = emitted.get(place)
                             if fed is None:
-                                emitted.put(offset, number, name.encode("utf-8", "surrogateescape"))
+                                emitted.put(place, name.encode("utf-8", "surrogateescape"))
                             else:
                                 first = fed[0].decode("utf-8", "surrogateescape")
                         engine.message(record, None, name, first is not None, first or "",

@@ -5,11 +5,11 @@ A first copy placed in the folder in progress is kept as its writer's handle (th
 still move it: into place, or to a live folder Dovecot created meanwhile).  Once that folder
 is committed, ``settle`` packs each one into bytes that say where the file is
 (``StoreWriter.pack_restored``) and keeps them in an ``ims.spilledmap.SpilledMap``, keyed by
-a 64-bit hash of the member name with the name's length; the name itself is stored with the
-place and compared on every lookup, so two names with the same hash never take each other's
-file (the later one would only find nothing: a copy fetched by the index, or named).  An
-entry costs 64 bytes of memory whatever the store, instead of a folder writer kept alive
-and three Python objects.
+a 64-bit hash of the member name; the name itself is stored with the place and compared on
+every lookup, so two names with the same hash never take each other's file (the later one
+would only find nothing: a copy fetched by the index, or named).  An entry costs 21 to 43
+bytes of memory whatever the store, instead of a folder writer kept alive and three Python
+objects.
 
 Each entry also counts its sights (the first copy, then each link placed to it, ``sighted``)
 in the map's own count, so that the engine can forget it after its last link without a
@@ -25,8 +25,8 @@ from ims.spilledmap import SpilledMap
 from ims.store.base import RestoredFile
 
 
-def _key(encoded: bytes) -> tuple[int, int]:
-    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "big"), len(encoded)
+def _key(encoded: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "big")
 
 
 class FirstCopies:
@@ -43,12 +43,12 @@ class FirstCopies:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
-    def _settled_entry(self, name: str) -> tuple[tuple[int, int], bytes, int] | None:
+    def _settled_entry(self, name: str) -> tuple[int, bytes, int] | None:
         """(key, packed place, sights) of a settled first copy, or None (also when the key
         is another name's: two names of one hash)."""
         encoded = name.encode("utf-8", "surrogateescape")
         key = _key(encoded)
-        stored = self._settled.get(*key)
+        stored = self._settled.get(key)
         if stored is None:
             return None
         value, sights = stored
@@ -94,16 +94,16 @@ class FirstCopies:
             return
         key, _, sights = entry
         if sights + 1 < links:
-            self._settled.set_count(*key, sights + 1)
+            self._settled.set_count(key, sights + 1)
         else:
-            self._settled.remove(*key)
+            self._settled.remove(key)
 
     def settle(self) -> None:
         """The folder in progress is committed or discarded: its first copies are where
         they stay (a discarded one is gone, and a link to it fails as to any missing file)."""
         for name, restored in self._open.items():
             encoded = name.encode("utf-8", "surrogateescape")
-            self._settled.put(*_key(encoded), len(encoded).to_bytes(4, "big") + encoded
+            self._settled.put(_key(encoded), len(encoded).to_bytes(4, "big") + encoded
                               + self._pack(restored), self._open_sights.get(name, 1))
         self._open.clear()
         self._open_sights.clear()

@@ -129,7 +129,7 @@ class NeverDrops(singlecopy.LinkTable):
     """The single-copy table of the early version 2 backups: an entry is never dropped."""
 
     def first_copy(self, st):
-        found = self._first.get(st.st_ino, st.st_dev)
+        found = self._first.get(singlecopy._key(st))
         return None if found is None else found[0][singlecopy._STAMP:]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ims import singlecopy
 from ims.singlecopy import LinkTable
 
 
@@ -60,3 +61,17 @@ def test_an_inode_number_given_to_a_new_file_is_not_a_link_to_the_old_one():
     assert table.first_copy(stat(12, 2, mtime_ns=1700000000_000000002)) is None
     table.add(stat(12, 2, mtime_ns=1700000000_000000002), b"new")
     assert table.first_copy(stat(12, 2, mtime_ns=1700000000_000000002)) == b"new"
+
+
+def test_two_inodes_of_one_key_never_take_each_others_name(monkeypatch):
+    """The table's key is a 64-bit mix of inode and device; two inodes of the same mix are
+    told apart by the inode and device kept with the name: the other inode is not named a
+    link to this one's first copy, nor does it take away this one's entry."""
+    monkeypatch.setattr(singlecopy, "_key", lambda st: 5)
+    table = LinkTable()
+    table.add(stat(21, 2, dev=1), b"first")
+    assert table.first_copy(stat(33, 2, dev=4)) is None
+    assert table.first_copy(stat(21, 2, dev=9)) is None
+    assert len(table) == 1
+    assert table.first_copy(stat(21, 2, dev=1)) == b"first"
+    assert len(table) == 0
