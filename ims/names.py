@@ -19,6 +19,7 @@ list off for a run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import AbstractSet
 
 from ims.config import EVERYONE_GROUPS, UNGROUPED, Config
 from ims.errors import UnknownName, UsageError
@@ -28,20 +29,22 @@ from ims.store.base import StoreReader
 INBOX = "INBOX"
 
 
-@dataclass
+# slots, and no set of its own until a folder is named: one is made for every user of the
+# store before the backup starts (at 10,000 users the empty sets alone had taken 2 MiB)
+@dataclass(slots=True)
 class UserScope:
     partition: str
     user: str
     group: str
     folders: set[str] | None = None          # None: every folder of the user
-    named_folders: set[str] = field(default_factory=set)  # named in full: never excluded
+    named_folders: AbstractSet[str] = frozenset()  # named in full: never excluded
     exact: bool = False                      # the named folders only, not their subfolders
 
     def add_all(self) -> None:
         self.folders = None
 
     def add_folder(self, folder: str) -> None:
-        self.named_folders.add(folder)
+        self.named_folders = self.named_folders | {folder}
         if self.folders is not None:
             self.folders.add(folder)
 
@@ -69,7 +72,7 @@ def is_excluded(folder: str, exclusions: list[str]) -> bool:
     return any(in_folder(folder, excluded) for excluded in exclusions)
 
 
-def left_out(folder: str, exclusions: list[str], named_folders: set[str]) -> bool:
+def left_out(folder: str, exclusions: list[str], named_folders: AbstractSet[str]) -> bool:
     """True when an excluded folder covers ``folder`` and no name given reaches it from at
     or below that excluded folder: naming ``Trash`` takes Trash and its subfolders, but
     naming ``Archive`` does not take an excluded ``Archive/2024`` (a wider name)."""
