@@ -84,6 +84,39 @@ def test_a_users_folders_in_two_runs_are_all_found():
         index[4]
 
 
+def test_one_user_id_on_two_partitions_keeps_each_partitions_folders_apart():
+    """The runs are found by the user ID: the same ID on two partitions has two runs, and
+    each partition's lookup gives its own folders only, also after the index travels
+    (pickled, as the prefetching reader sends a trailer)."""
+    index = FolderIndex()
+    for partition, user, folder in (("p1", "amy", "INBOX"), ("p1", "amy", "Sent"),
+                                    ("p1", "bob", "INBOX"), ("p2", "amy", "INBOX"),
+                                    ("p2", "amy", "Drafts"), ("p1", "amy", "Late")):
+        index.append(FolderExtent(partition, user, folder, 0, 1, 1))
+    index.complete()
+    for copy in (index, pickle.loads(pickle.dumps(index))):
+        assert [e.folder for e in copy.of_user("p1", "amy")] == ["INBOX", "Sent", "Late"]
+        assert [e.folder for e in copy.of_user("p2", "amy")] == ["INBOX", "Drafts"]
+        assert copy.find("p2", "amy", "Sent") is None
+        assert copy.find("p1", "amy", "Drafts") is None
+        assert list(copy.of_user("p2", "bob")) == [] and list(copy.of_user("p3", "amy")) == []
+        assert list(copy.of_user("p1", "INBOX")) == []      # a folder's name is no user
+
+
+def test_the_two_indexes_hold_each_name_once():
+    entries = [{"partition": "primary", "user": f"user{i:05d}", "folder": "INBOX",
+                "offset": i, "end": i + 1, "messages": 1} for i in range(50)]
+    users = [{"partition": "primary", "user": f"user{i:05d}", "group": "g", "offset": i}
+             for i in range(50)]
+    text = json.dumps({"trailer_offset": 1, "digest": "sha256:0", "counts": {},
+                       "index": entries, "users": users}).encode()
+    trailer = TrailerRecord.decode_stream([text], "t")
+    assert trailer.folders._table is trailer.users._table
+    assert len(trailer.folders._table.strings) == 50 + 3       # users, partition, INBOX, g
+    assert trailer.folders.find("primary", "user00049", "INBOX").offset == 49
+    assert [u.user for u in trailer.users][-1] == "user00049"
+
+
 @pytest.mark.parametrize("text, error", [
     (b'{"trailer_offset": 1, "index": [{"partition": "p", "user": "u", "folder": "F",'
      b' "offset": 5, "end": 2, "messages": 1}]}', RecordError),       # ends before it starts
