@@ -7,7 +7,8 @@ is committed, ``settle`` packs each one into bytes that say where the file is
 (``StoreWriter.pack_restored``) and keeps them in an ``ims.spilledmap.SpilledMap``, keyed by
 a 64-bit hash of the member name; the name itself is stored with the place and compared on
 every lookup, so two names with the same hash never take each other's file (the later one
-would only find nothing: a copy fetched by the index, or named).  An entry costs 21 to 43
+settled takes the entry, and the earlier one's links find nothing: their bytes are fetched
+by the index from a file, or named in a references file from a pipe).  An entry costs 21 to 43
 bytes of memory whatever the store, instead of a folder writer kept alive and three Python
 objects.
 

@@ -92,7 +92,7 @@ class Layout:
         # doubled: 0.9 MiB in the backup's main process and its helper)
         def walk(directory: str, index: int, values: dict[str, str]) -> None:
             if index == len(self.parts):
-                if os.path.isdir(directory):
+                if _is_dir(directory):
                     if "%u" in values:
                         found.append(values["%u"])
                     elif self.hosted:
@@ -117,6 +117,18 @@ class Layout:
 
         walk(os.fspath(partition_dir), 0, {})
         return iter(sorted(found))
+
+
+def _is_dir(path: str) -> bool:
+    """``Path.is_dir`` on a string: False where nothing (or a loop) is there, and any other
+    failure raised (``os.path.isdir`` would say False for an unreadable user's directory,
+    and the user would be left out of a backup of everyone without a word)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
 
 
 def folder_to_dirname(folder: str) -> str:
