@@ -901,6 +901,11 @@ class MaildirWriter:
     def owner(self, partition: str, user: str) -> Owner:
         key = (partition, user)
         if key not in self._owners:
+            # users come one after another: the table stays small (kept for the whole run it
+            # had held every user's name, some 2 MiB at 10,000 users, and through pathlib's
+            # interning of those names the interpreter's table of interned strings too)
+            if len(self._owners) > 1024:
+                self._owners.clear()
             self._owners[key] = self.configured_owner or self._owner_from_store(partition, user)
         return self._owners[key]
 
