@@ -37,6 +37,15 @@ _MASK64 = (1 << 64) - 1
 _MIX = 0x9E3779B97F4A7C15   # spreads keys that differ in their low bits (inode numbers)
 
 
+def _zeros(count: int) -> array:
+    # by repetition: ``array("Q", bytes(n))`` holds a zeroed bytes object of the same size
+    # beside the array while it is made
+    return array("Q", [0]) * count
+
+
+_EMPTY_SLOT = _zeros(_WIDTH)
+
+
 class SpilledMap:
     def __init__(self, capacity: int = 1024) -> None:
         bits = 4
@@ -44,7 +53,7 @@ class SpilledMap:
             bits += 1
         self._bits = bits
         self._size = size = 1 << bits
-        self._slots = array("Q", bytes(8 * _WIDTH * size))
+        self._slots = _zeros(_WIDTH * size)
         self._count = 0
         self._memory: bytearray | None = None
         self._end = 0
@@ -129,18 +138,64 @@ class SpilledMap:
                 slots[hole * _WIDTH:hole * _WIDTH + _WIDTH] = slots[base:base + _WIDTH]
                 hole = index
         base = hole * _WIDTH
-        slots[base:base + _WIDTH] = array("Q", bytes(8 * _WIDTH))
+        slots[base:base + _WIDTH] = _EMPTY_SLOT
 
     def _grow(self) -> None:
-        old, old_size = self._slots, self._size
+        """Twice the slots.  With the temporary file, the old array is written past the
+        strings' end and freed before the new one is made, then read back a chunk at a time:
+        the old and the new array are never held together (at 1,000,000 messages the moment
+        of doubling had been the table's peak: 2 + 4 MiB, and a 4 MiB zeroed ``bytes`` for
+        the new array's contents on top)."""
+        old: array | None = self._slots
+        old_size = self._size
+        dumped = self._memory is None and self._dump(old)
+        if dumped:
+            old = None
+            self._slots = _zeros(0)
         self._bits += 1
         self._size = old_size * 2
-        self._slots = array("Q", bytes(8 * _WIDTH * self._size))
-        for index in range(old_size):
-            base = index * _WIDTH
+        self._slots = _zeros(_WIDTH * self._size)
+        if old is not None:
+            self._reinsert(old)
+            return
+        chunk_slots = 4096
+        for first in range(0, old_size, chunk_slots):
+            count = min(chunk_slots, old_size - first)
+            data = self._pread_exact(8 * _WIDTH * count, self._end + 8 * _WIDTH * first)
+            chunk = array("Q")
+            chunk.frombytes(data)
+            self._reinsert(chunk)
+
+    def _reinsert(self, old: array) -> None:
+        slots = self._slots
+        for base in range(0, len(old), _WIDTH):
             if old[base + 1] != _EMPTY:
                 new = self._find(old[base]) * _WIDTH
-                self._slots[new:new + _WIDTH] = old[base:base + _WIDTH]
+                slots[new:new + _WIDTH] = old[base:base + _WIDTH]
+
+    def _dump(self, slots: array) -> bool:
+        """The slots written past the strings' end (the next string overwrites them); False
+        when the file refuses them (the grow then holds both arrays, as without a file)."""
+        data = memoryview(slots).cast("B")
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self._fd, data[written:], self._end + written)
+        except OSError:
+            return False
+        finally:
+            data.release()
+        return True
+
+    def _pread_exact(self, count: int, offset: int) -> bytes:
+        data = self._pread(count, offset)
+        while len(data) < count:
+            more = self._pread(count - len(data), offset + len(data))
+            if not more:
+                raise DeviceError(f"{_WHAT}: it ends at byte {offset + len(data)}, before"
+                                  f" {offset + count}")
+            data += more
+        return data
 
     def _write(self, value: bytes) -> int:
         """Append a length-prefixed string; its offset."""

@@ -5,7 +5,9 @@ with long values, and with no usable temporary directory (the values stay in mem
 
 from __future__ import annotations
 
+import os
 import random
+import tracemalloc
 
 import pytest
 
@@ -81,3 +83,52 @@ def test_the_largest_keys_and_zero_are_keys_like_any_other():
         (b"0", 2), (str((1 << 64) - 1).encode(), 2), (str(1 << 63).encode(), 2)]
     table.remove(0)
     assert table.get(0) is None and table.get(1 << 63) == (str(1 << 63).encode(), 2)
+
+
+def _fill_to_the_brink(table: SpilledMap) -> int:
+    """Entries up to the last one before the table doubles; the next key."""
+    key = 0
+    while 4 * (len(table) + 1) <= 3 * table._size:
+        table.put(key * 7919, b"v%d" % key, key % 5)
+        key += 1
+    return key
+
+
+def test_the_old_and_the_new_slots_are_never_held_together():
+    """Doubling writes the old slots to the temporary file and frees them before the new
+    array is made: the moment's peak is the new array and a chunk, not both arrays (and
+    not a zeroed bytes object of the new array's size besides)."""
+    tracemalloc.start()             # before the old array is made: its freeing counts
+    try:
+        table = SpilledMap(capacity=1 << 15)
+        key = _fill_to_the_brink(table)
+        old_bytes = len(table._slots) * 8
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        table.put(key * 7919, b"v%d" % key, 1)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert len(table._slots) * 8 == 2 * old_bytes
+    # the old array freed, the new one made and a chunk read back: the old one more, and
+    # the new one's size above it with both held (``before`` counts the old one)
+    assert peak < old_bytes + old_bytes // 2, (peak, old_bytes)
+    for k in range(key + 1):
+        assert table.get(k * 7919) == (b"v%d" % k, k % 5 if k < key else 1)
+
+
+def test_a_doubling_the_file_refuses_holds_both_arrays_and_loses_nothing(monkeypatch):
+    table = SpilledMap(capacity=64)
+    key = _fill_to_the_brink(table)
+    real_pwrite = os.pwrite
+
+    def refuse_the_slots(fd, data, offset):
+        if len(data) >= 8 * 64:                       # the dump, not a string
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    monkeypatch.setattr(spilledmap.os, "pwrite", refuse_the_slots)
+    table.put(key * 7919, b"last", 2)
+    assert table._size == 128
+    assert table.get(key * 7919) == (b"last", 2)
+    for k in range(key):
+        assert table.get(k * 7919) == (b"v%d" % k, k % 5)
