@@ -232,11 +232,13 @@ class SpilledMap:
             length = int.from_bytes(self._memory[offset:offset + 4], "big")
             return bytes(self._memory[offset + 4:offset + 4 + length])
         head = self._pread(4096, offset)
+        if len(head) < 4:
+            head = self._pread_exact(4, offset)
         length = int.from_bytes(head[:4], "big")
         if len(head) >= 4 + length:
             return head[4:4 + length]
-        rest = self._pread(4 + length - len(head), offset + len(head))
-        return (head + rest)[4:4 + length]
+        # a short read is never taken for the value: the rest is read to its end, or fails
+        return head[4:] + self._pread_exact(4 + length - len(head), offset + len(head))
 
     def _pread(self, count: int, offset: int) -> bytes:
         try:

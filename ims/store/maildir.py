@@ -111,7 +111,10 @@ class Layout:
             for entry in entries:
                 # a link to a directory is listed too (Dovecot serves it); whether it is
                 # followed is decided per user (MaildirStore.user_info), never skipped here
-                if entry.name.startswith(".") or not entry.is_dir():
+                # lost+found: the file system's own, at a partition that is a mount point
+                # (root's, mode 0700: examining it as the mail user would stop the backup)
+                if entry.name.startswith(".") or entry.name == "lost+found" \
+                        or not entry.is_dir():
                     continue
                 walk(os.path.join(directory, entry.name), index + 1, {**values, part: entry.name})
 

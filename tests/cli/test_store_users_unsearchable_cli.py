@@ -36,6 +36,7 @@ def test_an_unsearchable_user_is_an_error_not_an_omission(tmp_path, monkeypatch)
     (partition / "erin").mkdir()
     (partition / "erin" / "Maildir").symlink_to(partition / "erin" / "Maildir")  # a loop
     (partition / "dave").mkdir()                                 # no Maildir: not a user
+    (partition / "lost+found").mkdir(mode=0o700)                 # the file system's own
     assert list(Layout("%u/Maildir").users(partition)) == ["alice", "bob"]
 
 
@@ -52,3 +53,26 @@ def test_a_backup_of_everyone_stops_on_an_unsearchable_user(fresh_store, tmp_pat
     assert result.returncode == 7, result.stderr
     assert f"{victim.name}/Maildir".encode() in result.stderr
     assert b"Permission denied" in result.stderr
+
+
+def test_a_partition_that_is_a_mount_point_is_backed_up_as_the_mail_user(fresh_store,
+                                                                        tmp_path):
+    """A partition on a file system of its own has root's lost+found (mode 0700): a backup
+    of everyone run as the mail user lists the users around it, not into it."""
+    partition = sorted((fresh_store / "partitions").iterdir())[0]
+    (partition / "lost+found").mkdir(mode=0o700)
+    uid = 5000
+    for path in [fresh_store, *fresh_store.rglob("*")]:
+        if path.name != "lost+found":
+            os.lchown(path, uid, uid)
+    for parent in fresh_store.parents:
+        if parent.stat().st_mode & 0o001 == 0:
+            parent.chmod(parent.stat().st_mode | 0o001)      # traversable by the mail user
+    archive = tmp_path / "out" / "a.ims"
+    archive.parent.mkdir()
+    os.chown(archive.parent, uid, uid)
+    result = run_cmd("imsbackup", "-f", str(archive), "/", config_dir=fresh_store / "config",
+                     prefix=("setpriv", "--reuid", str(uid), "--regid", str(uid),
+                             "--clear-groups"))
+    assert result.returncode == 0, result.stderr
+    assert b"lost+found" not in result.stderr

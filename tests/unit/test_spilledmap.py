@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 
 from ims import spilledmap
+from ims.errors import DeviceError
 from ims.spilledmap import SpilledMap
 
 
@@ -132,3 +133,17 @@ def test_a_doubling_the_file_refuses_holds_both_arrays_and_loses_nothing(monkeyp
     assert table.get(key * 7919) == (b"last", 2)
     for k in range(key):
         assert table.get(k * 7919) == (b"v%d" % k, k % 5)
+
+
+def test_short_reads_give_the_whole_value_or_an_error(monkeypatch):
+    table = SpilledMap()
+    value = bytes(range(256)) * 40                      # 10,240 bytes: several reads
+    table.put(1, value, 3)
+    table.put(2, b"hello", 1)
+    real = os.pread
+    monkeypatch.setattr(spilledmap.os, "pread",
+                        lambda fd, n, off: real(fd, min(n, 4000), off))   # short, not EOF
+    assert table.get(1) == (value, 3)
+    monkeypatch.setattr(spilledmap.os, "pread", lambda fd, n, off: b"")  # nothing there
+    with pytest.raises(DeviceError):
+        table.get(2)
