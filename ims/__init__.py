@@ -5,6 +5,3 @@ Packages: ``ims.store`` (store drivers), ``ims.archive`` (the archive format), `
 """
 
 __version__ = "0.1.0"
-import logging as _logging
-
-_logging.getLogger("ims").addHandler(_logging.NullHandler())

@@ -25,7 +25,6 @@ while being read is reported as skipped, never aborts the run.
 from __future__ import annotations
 
 import hashlib
-import logging
 import socket
 import sys
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ims
+from ims import debuglog
 from ims.archive import format as fmt
 from ims.archive.records import ArchiveHeader, FolderRecord, UnchangedFolder, UserRecord
 from ims.archive.writer import ArchiveWriter
@@ -44,8 +44,6 @@ from ims.readahead import (CANNOT_HOLD, FLAGS, INFO, IS_NEW, KEY, KEYWORDS, O_EN
                            O_NLINK, O_SIZE, O_START, O_UID, UID, Batch, FolderDone, FolderItem,
                            StoreReadAhead, UserItem)
 from ims.store.base import StoreReader
-
-log = logging.getLogger("ims.backup")
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ def _write_items(readahead: StoreReadAhead, writer: ArchiveWriter, report: Backu
             assert folder is not None
             writer.end_folder()
             report.folders += 1
-            log.debug("%s: folder written", folder.logical)
+            debuglog.debug("%s: folder written", folder.logical)
             if progress:
                 progress(report, folder.logical)
             folder = None
@@ -196,11 +194,11 @@ def _write_batch(batch: Batch, view: memoryview | None, folder: FolderItem, pref
         entry = outcome[O_ENTRY] or listed[outcome[O_INDEX]]
         if kind == "vanished":
             report.vanished += 1
-            log.debug("vanished %s/%s", folder.logical, entry[KEY])
+            debuglog.debug("vanished %s/%s", folder.logical, entry[KEY])
             continue
         if kind == "skipped":
             report.skipped.append(f"{folder.logical}/{entry[KEY]}: {outcome[O_REASON]}")
-            log.warning("skipped %s/%s: %s", folder.logical, entry[KEY], outcome[O_REASON])
+            debuglog.warning("skipped %s/%s: %s", folder.logical, entry[KEY], outcome[O_REASON])
             continue
         if kind == "large_end":
             if not writer.end_large_message():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat
 
 from ims.errors import UsageError
@@ -105,7 +104,7 @@ def _replace(final: str, data: bytes, existing: os.stat_result | None) -> None:
     directory, base = os.path.split(final)
     mode = stat.S_IMODE(existing.st_mode) if existing else NEW_FILE_MODE
     for _ in range(10):               # a random name taken already: try another
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        temp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(temp, _NEW, 0o600)
             break

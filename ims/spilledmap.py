@@ -8,7 +8,7 @@ messages; as Python dicts they cost 200 to 350 bytes an entry (at 1,000,000 mess
 Here the key and the count live in one ``array('Q')`` of two words a slot (open addressing,
 linear probing, at most three quarters full: 21 to 43 bytes an entry; with three words, the
 key in two, it had been 32 to 64), and the byte strings in an unlinked temporary file
-(``tempfile.TemporaryFile``: no name, freed with the process), read back with one ``pread``
+(``ims.tempspace``: no name, freed with the process), read back with one ``pread``
 when looked up.  A key is exact: callers whose key is a hash store what it stands for in
 the value and compare it.  Strings are appended and never rewritten; a removed entry's bytes
 stay in the file (a few tens of bytes a shared message on disk, not in memory).  Without a
@@ -22,9 +22,9 @@ read back and the map goes on in memory; a failed read of it is a ``DeviceError`
 from __future__ import annotations
 
 import os
-import tempfile
 from array import array
 
+from ims import tempspace
 from ims.errors import DeviceError
 
 _WHAT = "the temporary file of the table of shared messages (in $TMPDIR)"
@@ -58,10 +58,8 @@ class SpilledMap:
         self._memory: bytearray | None = None
         self._end = 0
         try:
-            self._file = tempfile.TemporaryFile(prefix="ims-links-")
-            self._fd = self._file.fileno()
+            self._fd = tempspace.unnamed_file("ims-links-")
         except OSError:
-            self._file = None
             self._fd = -1
             self._memory = bytearray()
 
@@ -69,9 +67,9 @@ class SpilledMap:
         return self._count
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _home(self, key: int) -> int:
         # Fibonacci hashing: the product's top bits, which every bit of the key reaches

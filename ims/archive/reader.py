@@ -24,11 +24,11 @@ import json
 import mmap
 import os
 import stat
-import tempfile
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
+from ims import tempspace
 from ims.archive import format as fmt
 from ims.archive import limits
 from ims.archive.records import (ArchiveHeader, FolderRecord, MessageRecord, RecordError,
@@ -669,18 +669,25 @@ def parse_json(raw: bytes, device_name: str, member: Member) -> dict[str, Any]:
 def spool(chunks: Iterable[bytes], what: str) -> memoryview:
     """``chunks`` as a read-only mapping of an unlinked temporary file in $TMPDIR: a message
     too large to hold in memory, from a stream.  The file's space is freed with the mapping."""
+    fd = -1
     try:
-        with tempfile.TemporaryFile(prefix="ims-message-") as file:
-            for chunk in chunks:
-                file.write(chunk)
-            file.flush()
-            size = file.tell()
-            if not size:
-                return memoryview(b"")
-            mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ)
+        fd = tempspace.unnamed_file("ims-message-")
+        size = 0
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+                size += written
+        if not size:
+            return memoryview(b"")
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
     except OSError as exc:
-        raise DeviceError(f"{what}: cannot hold the message in {tempfile.gettempdir()}:"
+        raise DeviceError(f"{what}: cannot hold the message in {tempspace.temp_dir()}:"
                           f" {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return memoryview(mapping)
 
 

@@ -3,7 +3,7 @@
 The trailer lists one extent per folder and one per user, and it is written last; kept as
 Python objects, those entries were the part of a backup's memory that grew with the store
 (about 500 bytes a folder).  ``SpilledList`` keeps each entry as its JSON text instead, in
-an unlinked temporary file of ``$TMPDIR`` (``tempfile.TemporaryFile``: O_TMPFILE where the
+an unnamed temporary file of ``$TMPDIR`` (``ims.tempspace``: O_TMPFILE where the
 file system has it, so the file never has a name and its space is freed when it is closed
 or the process dies), and hands the list back as JSON text in chunks.  The text is what
 ``json.dumps`` of the whole list gives (same separators), so the trailer does not change.
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Iterator
 
+from ims import tempspace
 from ims.errors import DeviceError
 
 _SPILL_AT = 256 << 10       # entries' text gathered in memory before a write
@@ -59,8 +59,7 @@ class SpilledList:
     def _write_out(self) -> None:
         try:
             if self._fd is None:
-                with tempfile.TemporaryFile(prefix=self.prefix) as file:
-                    self._fd = os.dup(file.fileno())    # the unlinked file, unbuffered
+                self._fd = tempspace.unnamed_file(self.prefix)
             view = memoryview(self._memory)
             done = 0
             while done < len(view):
@@ -87,7 +86,7 @@ class SpilledList:
             else:
                 why = "it is shorter than written"
             if not chunk:
-                raise DeviceError(f"{tempfile.gettempdir()}: the trailer's index could not be"
+                raise DeviceError(f"{tempspace.temp_dir()}: the trailer's index could not be"
                                   f" read back from its temporary file ({why}); the archive is"
                                   " incomplete (no trailer)")
             position += len(chunk)

@@ -1,10 +1,9 @@
 """What every command shares: running a click command with the exit-code contract, the
-config directory option, the debug log and the one-line error report."""
+config directory option and the one-line error report."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import signal
@@ -15,6 +14,7 @@ from typing import Any, Callable
 
 import click
 
+from ims import debuglog
 from ims.errors import EXIT_CODE_TABLE, ExitCode, ImsError
 
 
@@ -81,7 +81,7 @@ def run(command: click.Command, argv: list[str] | None, prog: str) -> int:
 def report_unexpected(prog: str, exc: BaseException) -> int:
     """One line for an exception nobody foresaw, exit 7; the traceback goes to the debug
     log and, with IMS_DEBUG=1, to stderr."""
-    logging.getLogger("ims").exception("unexpected failure")
+    debuglog.exception("unexpected failure")
     if os.environ.get("IMS_DEBUG", "") not in ("", "0"):
         traceback.print_exception(exc, file=sys.stderr)
     where = ""
@@ -131,21 +131,6 @@ def refuse_repeats(argv: list[str], *options: str) -> None:
 config_dir_option = click.option(
     "--config-dir", metavar="DIR", default=None,
     help="Configuration directory (default: $IMS_CONFIG_DIR, else /etc/ims).")
-
-
-def setup_debug_log(logdir: Path, command: str) -> Path:
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        path = logdir / f"{command}.log"
-        handler = logging.FileHandler(path, encoding="utf-8")
-    except OSError as exc:
-        from ims.errors import ConfigError
-        raise ConfigError(f"{logdir}: cannot write the debug log: {exc.strerror}") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
-    root = logging.getLogger("ims")
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    return path
 
 
 def emit_json(summary: dict[str, Any], to_stderr: bool) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import click
 
+from ims import debuglog
 from ims.archive import format as fmt
 from ims.archive.device import open_output
 from ims.archive.writer import ArchiveWriter, RecordSink
 from ims.backup import BackupOptions, BackupReport, run_backup, stderr_is_terminal, summary
 from ims.cli.common import (CommandResult, config_dir_option, emit_json, epilog, run,
-                            setup_debug_log, warn)
+                            warn)
 from ims.config import Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import ConfigError, ExitCode, UsageError, most_serious
@@ -142,7 +143,7 @@ def command(device: str | None, blocking: int, since: str | None, encoding: str,
         click.echo(f"{PROG}: {job_state}: {note}", err=True)
     config = Config.load(config_dir_path(config_dir))
     if debug:
-        log_path = setup_debug_log(config.logdir(), PROG)
+        log_path = debuglog.setup(config.logdir(), PROG)
         if verbose:
             click.echo(f"{PROG}: debug log in {log_path}", err=True)
     try:

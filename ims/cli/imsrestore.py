@@ -10,11 +10,12 @@ from pathlib import Path
 
 import click
 
+from ims import debuglog
 from ims.archive import format as fmt
 from ims.archive.prefetch import PrefetchReader
 from ims.archive.reader import ArchiveReader
 from ims.cli.common import (CommandResult, Seconds, config_dir_option, emit_json, epilog, run,
-                            setup_debug_log, warn)
+                            warn)
 from ims.config import MSG_CONF, Config
 from ims.config import config_dir as config_dir_path
 from ims.errors import DeviceError, ExitCode, UsageError
@@ -151,7 +152,7 @@ def command(devices: tuple[str, ...], blocking: int | None, answer: str | None, 
 
     config = Config.load(config_dir_path(config_dir))
     if verbosity >= 3:
-        setup_debug_log(config.logdir(), PROG)
+        debuglog.setup(config.logdir(), PROG)
     store = session.open_store(config)
     session.check_partition(store, partition)
     writer = session.store_writer(config, store, session.WriterSettings(lock_timeout, sync, batch))

@@ -25,11 +25,11 @@ Failure behaviour, per item (reported, exit code at the end):
 from __future__ import annotations
 
 import errno
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from ims import debuglog
 from ims.archive import format as fmt
 from ims.archive.reader import (ArchiveReader, Incomplete, Member, MemberDamaged, ReaderDied,
                                decode_record)
@@ -42,8 +42,6 @@ from ims.restore.plan import (DEFAULT_UID_MARGIN, Action, FolderPlan, Source, pl
 from ims.restore.selection import Pattern, folder_selected, map_user, user_selected
 from ims.signals import held
 from ims.store.base import FolderWriter, Landed, StoreWriter, UnstorableName
-
-log = logging.getLogger("ims.restore")
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,7 @@ class Engine:
 
     def _error(self, bucket: list[str], message: str) -> None:
         bucket.append(message)
-        log.warning("%s", message)
+        debuglog.warning("%s", message)
         if not self.decide(message):
             raise Stop()
 
@@ -316,7 +314,7 @@ class Engine:
             folder.writer.abort()
             self.report.add(folder.writer.landed, folder.logical)
             self.report.locked.append(str(exc))
-            log.error("%s", exc)
+            debuglog.error("%s", exc)
             raise Stop() from None
         except OSError as exc:
             folder.writer.abort()
@@ -377,7 +375,7 @@ class Engine:
         except StoreLocked as exc:
             self._discard_folder(folder)
             self.report.locked.append(str(exc))
-            log.error("%s", exc)
+            debuglog.error("%s", exc)
             raise Stop() from None
         except OSError as exc:
             if folder.plan.action is Action.WHOLE:
@@ -479,11 +477,11 @@ class Engine:
         except ReaderDied as exc:
             # not the end of the data: the folder in progress is not known to be complete
             self.report.damaged.append(f"{exc}; the folder in progress was not restored")
-            log.error("%s", exc)
+            debuglog.error("%s", exc)
             self.abort()
         except (Incomplete, ArchiveDamaged) as exc:
             self.report.damaged.append(str(exc))
-            log.error("%s", exc)
+            debuglog.error("%s", exc)
             self._end_quietly()
         except Stop:
             self.report.stopped = True

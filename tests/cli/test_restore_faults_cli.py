@@ -104,3 +104,30 @@ def test_no_lock_file_is_ever_seen_empty(fresh_store, tmp_path):
                 pass
     assert result.returncode == 0, result.stderr.read().decode()
     assert not seen_empty
+
+
+def test_a_damaged_message_is_named_in_the_debug_log_only_when_asked_for(tmp_path):
+    """-v 3 sets up the debug log (ims/debuglog.py imports logging only then): a message
+    whose bytes do not match its SHA-256 is a WARNING line of imsrestore.log naming it;
+    without -v 3 no log is written."""
+    source = tmp_path / "src"
+    generate(source, SampleSpec(users=2, messages_per_user=5, partitions=1, seed=3))
+    archive = tmp_path / "a.ims"
+    run_cmd("imsbackup", "-f", str(archive), "/", config_dir=source / "config", check_rc=0)
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"Subject:")
+    data[at] ^= 0x20                        # one byte of one message's data
+    archive.write_bytes(bytes(data))
+    for verbose, dst in (([], "quiet"), (["-v", "3"], "logged")):
+        partition = tmp_path / dst
+        partition.mkdir()
+        config = tmp_path / f"{dst}-config"
+        config.mkdir()
+        (config / "msg.conf").write_text(f"store.partition.primary.path = {partition}\n"
+                                         f"local.store.logdir = {tmp_path / f'{dst}-log'}\n")
+        result = run_cmd("imsrestore", *verbose, "-f", str(archive), "/", config_dir=config)
+        assert result.returncode == 4, result.stderr.decode()
+        assert b"SHA-256 mismatch" in result.stderr, result.stderr.decode()
+    assert not (tmp_path / "quiet-log").exists()
+    log = (tmp_path / "logged-log" / "imsrestore.log").read_text()
+    assert "WARNING" in log and "SHA-256 mismatch" in log, log

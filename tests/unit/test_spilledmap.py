@@ -61,7 +61,7 @@ def test_colliding_keys_and_removal_around_the_end(monkeypatch):
 def test_without_a_temporary_directory_values_stay_in_memory(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(2, "No such file or directory")
-    monkeypatch.setattr(spilledmap.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(spilledmap.tempspace, "unnamed_file", refuse)
     table = SpilledMap()
     assert table._memory is not None
     check_against_dict(table, random.Random(5), 2000, 100)

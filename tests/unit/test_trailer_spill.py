@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from ims import tempspace
 from ims.archive import format as fmt
 from ims.archive import spill
 from ims.archive.reader import ArchiveReader
@@ -115,7 +115,7 @@ def test_the_spill_file_is_never_left_behind(tmp_path, monkeypatch):
     once the trailer is written."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(tempspace, "candidates", lambda: [str(tmp)])
     names_seen: list[list[str]] = []
     write_out = SpilledList._write_out
 
@@ -136,7 +136,7 @@ def test_without_a_usable_tmpdir_the_index_stays_in_memory(tmp_path, monkeypatch
     good = tmp_path / "good.ims"
     write_archive(good, 3000)
     if where == "missing":
-        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "nosuch"))
+        monkeypatch.setattr(tempspace, "candidates", lambda: [str(tmp_path / "nosuch")])
     else:
         def refuse(*args, **kwargs):
             raise OSError(28, "No space left on device")
