@@ -3,13 +3,15 @@
 Usage (after bench_backup.py has generated the store):
 
     .venv/bin/python bench/bench_restore.py [--store DIR] [--work DIR] [--runs 3]
+                                            [--from file|pipe] [--tmpfs]
 
 Archives are made once: ``imsbackup -f ims.ims /`` and ``tar --format=pax -cf store.tar``.
 Each run restores into fresh, empty directories (ext4 is much slower right after mass
 deletions, so targets are deleted only after all runs):
 
-  full      cat ims.ims | imsrestore -f - (every message verified against its SHA-256)
-            vs  cat store.tar | tar -xf - -C fresh
+  full      imsrestore -f ims.ims /  (every message verified against its SHA-256)
+            vs  tar -xf store.tar -C fresh
+            (--from pipe: cat ims.ims | imsrestore -f -  vs  cat store.tar | tar -xf - -C fresh)
   one user  imsrestore -f ims.ims /PARTITION/user/USER  (seekable: reads that user only)
 """
 
@@ -57,6 +59,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tmpfs", action="store_true",
                         help="restore into a tmpfs (root): the file-system-neutral comparison")
+    parser.add_argument("--from", dest="source", choices=("file", "pipe"), default="file",
+                        help="read both archives as files (default) or from a pipe")
     args = parser.parse_args()
     store, work = args.store, args.work
     if not (store / "config" / "msg.conf").exists():
@@ -82,12 +86,18 @@ def main() -> int:
         config = config_for(store, target / "ims")
         ims_env = dict(os.environ, IMS_CONFIG_DIR=str(config))
         (target / "tar").mkdir()
-        if run % 2:     # alternate which goes first
-            a = timed(f"cat {archive} | {BIN / 'imsrestore'} -f -", ims_env)
-            b = timed(f"cat {tarball} | tar -xf - -C {target / 'tar'}")
+        if args.source == "pipe":
+            ours_cmd = f"cat {archive} | {BIN / 'imsrestore'} -f -"
+            tar_cmd = f"cat {tarball} | tar -xf - -C {target / 'tar'}"
         else:
-            b = timed(f"cat {tarball} | tar -xf - -C {target / 'tar'}")
-            a = timed(f"cat {archive} | {BIN / 'imsrestore'} -f -", ims_env)
+            ours_cmd = f"{BIN / 'imsrestore'} -f {archive} /"
+            tar_cmd = f"tar -xf {tarball} -C {target / 'tar'}"
+        if run % 2:     # alternate which goes first
+            a = timed(ours_cmd, ims_env)
+            b = timed(tar_cmd)
+        else:
+            b = timed(tar_cmd)
+            a = timed(ours_cmd, ims_env)
         if args.tmpfs and run + 1 < args.runs + 1:
             shutil.rmtree(target)               # tmpfs has no delayed inode reuse
         single = config_for(store, target / "one")
@@ -98,7 +108,7 @@ def main() -> int:
             theirs.append(b)
             one_user.append(c)
             ratios.append(a / b)
-    print(f"full      imsrestore {statistics.median(ours):.2f} s   GNU tar -x "
+    print(f"full ({args.source}) imsrestore {statistics.median(ours):.2f} s   GNU tar -x "
           f"{statistics.median(theirs):.2f} s   ratio {statistics.median(ratios):.2f}x "
           f"(median of {args.runs} pairs)")
     print(f"one user  imsrestore {statistics.median(one_user):.2f} s "

@@ -7,6 +7,13 @@ bytes in shared-memory slots; the parent only writes files.  It has the interfac
 ``ArchiveReader`` that the restore engine uses for a stream (``read_header``, ``members``,
 ``read_data``, ``header``, ``trailer``, ``seekable``), so the restore rules are not touched.
 
+An archive file read in order is read the same way (``rewind``): the child reads it from
+its first byte through the descriptor's file offset, which the parent then leaves alone (its
+own ``ArchiveReader`` reads the file by offset only: ``pread``, to fetch a link's first copy
+by the trailer's index).  The parent compares the header the child read with its own, and
+the trailer the child verified with the one it located (``located_by``): a file that changed
+between the two readings is damage (``ArchiveDamaged``), never a mix of two archives.
+
 A message larger than a slot is not pickled: its entry ends a batch, and its bytes follow
 as ``chunk`` items, one slot each, ended by ``chunk_end`` with the digest's verdict.  The
 parent collects them when the restore asks for the data (in memory up to
@@ -22,6 +29,7 @@ the middle of a large message); a damaged message raises ``MemberDamaged`` from
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Iterator
@@ -51,13 +59,19 @@ _ERRORS = {"Incomplete": Incomplete, "ArchiveDamaged": ArchiveDamaged, "DeviceEr
 class PrefetchReader:
     seekable = False
 
-    def __init__(self, fd: int, device_name: str, blocking_factor: int | None) -> None:
+    def __init__(self, fd: int, device_name: str, blocking_factor: int | None,
+                 rewind: bool = False, located_by: ArchiveReader | None = None) -> None:
+        """``rewind``: the archive is a file, read from its start (the parent's own reader
+        may have read past its header); ``located_by``: the parent's reader of the same file,
+        whose located trailer must be the one verified here."""
         self.device_name = device_name
         self.header: ArchiveHeader | None = None
         self.trailer: TrailerRecord | None = None     # verified; its index not kept
+        self.located_by = located_by
         self.helper = HelperProcess(SLOTS, SLOT_SIZE)
         self.views = self.helper.views
-        self.channel = self.helper.start(lambda channel: self._child(channel, fd, blocking_factor))
+        self.channel = self.helper.start(
+            lambda channel: self._child(channel, fd, blocking_factor, rewind))
         self._data: dict[int, Any] = {}   # id(member) -> slot ref, LARGE or error
         self._slot: int | None = None
         self._chunks_pending = False      # a large message's chunks are next on the channel
@@ -91,6 +105,8 @@ class PrefetchReader:
             if item[0] == "end":
                 self._release()
                 self.trailer = item[1]
+                if self.located_by is not None and self.trailer is not None:
+                    self.located_by.check_trailer_text(self.trailer.trailer_offset, item[2])
                 return
             _, slot, entries = item
             self._release()
@@ -168,7 +184,15 @@ class PrefetchReader:
 
     # -- child -------------------------------------------------------------------------
 
-    def _child(self, channel: Channel, fd: int, blocking_factor: int | None) -> None:
+    def _child(self, channel: Channel, fd: int, blocking_factor: int | None,
+               rewind: bool) -> None:
+        if rewind:
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+            except OSError as exc:
+                channel.send(("error", "DeviceError",
+                              f"{self.device_name}: cannot read from its start: {exc.strerror}"))
+                return
         reader = ArchiveReader(fd, self.device_name, blocking_factor)
         reader.decode_kinds = frozenset((fmt.MESSAGE,))
         # JSON travels as text: a parsed object may be too deep to pickle
@@ -284,7 +308,7 @@ class PrefetchReader:
             done.set()
             with lock:
                 flush()
-                channel.send(("end", reader.trailer))
+                channel.send(("end", reader.trailer, reader.trailer_text_sha256))
         except (Incomplete, ArchiveDamaged, DeviceError) as exc:
             done.set()
             with lock:

@@ -195,6 +195,8 @@ class ArchiveReader:
         # the trailer ``locate_trailer`` last decoded, while its caller holds it: (offset, the
         # SHA-256 of its text, the record); the one verified in order shares its index
         self._located: tuple[int, str, weakref.ref[TrailerRecord]] | None = None
+        # the SHA-256 of the text of the trailer verified at the end of ``members``
+        self.trailer_text_sha256: str | None = None
 
     # -- raw reading -----------------------------------------------------------------
 
@@ -426,6 +428,7 @@ class ArchiveReader:
                 raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {member.offset}"
                                      " changed while the archive was read")
             trailer = replace(trailer, folders=located.folders, users=located.users)
+        self.trailer_text_sha256 = text.hexdigest()
         member.body = trailer.raw
         problems = []
         if trailer.trailer_offset != member.offset:
@@ -499,6 +502,17 @@ class ArchiveReader:
                 return None
             end = start
         return None
+
+    def check_trailer_text(self, offset: int, text_sha256: str | None) -> None:
+        """``ArchiveDamaged`` when the trailer this reader located at ``offset``, still held
+        by its caller, has another text than the one another reader of the same file verified
+        in order (``text_sha256``): the archive changed while it was read."""
+        located = self._located
+        if located is None or located[0] != offset or located[2]() is None:
+            return
+        if located[1] != text_sha256:
+            raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {offset}"
+                                 " changed while the archive was read")
 
     def _trailer_at(self, member: Member) -> TrailerRecord | None:
         """The trailer member's record, its text read in chunks (``decode_stream``); None

@@ -111,19 +111,46 @@ def restore_archive(writer: MaildirWriter, reader: ArchiveReader | PrefetchReade
         feed = feed_indexed(reader, trailer)
         fetch: Fetch | None = fetch_by_name(reader, trailer)
     else:
-        feed = feed_archive(reader)
         # read in order, the index serves only a link whose first copy must be fetched (not
         # there when its link comes): it is located again then, not held through the run (at
         # 1,000,000 messages some 5 MiB), nor built again for the trailer verified at the end
         fetch = fetch_by_name(reader) if trailer is not None else None
+        trailer = None
         if isinstance(reader, ArchiveReader):
             reader.keep_trailer_index = False
-        trailer = None
+            if reader.seekable and not options.list_only:
+                return _restore_file_in_order(writer, reader, header, options, decide, emit,
+                                              fetch, order, name_notes)
+        feed = feed_archive(reader)
     engine = Engine(writer, options, decide, has_full=order.has_full,
                     backup_created=header.created, fetch=fetch, emit=emit,
                     forget_linked=header.options.get("links_counted") is True)
     engine.report.notes.extend(order.notes + name_notes)
     return engine.run(feed), header
+
+
+def _restore_file_in_order(writer: MaildirWriter, reader: ArchiveReader, header: ArchiveHeader,
+                           options: RestoreOptions, decide: Decide, emit: Emit,
+                           fetch: Fetch | None, order: chains.ChainOrder,
+                           name_notes: list[str]) -> tuple[RestoreReport, ArchiveHeader]:
+    """A whole archive file read in order, as a stream is: a child process reads it from
+    its start, checks every digest and the trailer, and hands the members over while this
+    one writes (one process had done both: 1.6x the time of ``tar -xf`` at 1,000,000
+    messages).  This process reads the file by offset only, to fetch a link's first copy."""
+    prefetch = PrefetchReader(reader.fd, reader.device_name, reader.blocking_factor,
+                              rewind=True, located_by=reader)
+    engine = Engine(writer, options, decide, has_full=order.has_full,
+                    backup_created=header.created, fetch=fetch, emit=emit,
+                    forget_linked=header.options.get("links_counted") is True)
+    engine.report.notes.extend(order.notes + name_notes)
+    try:
+        again = prefetch.read_header()
+        if again != header:
+            raise ArchiveDamaged(f"{reader.device_name}: the archive's header changed while the"
+                                 " archive was read")
+        return engine.run(feed_archive(prefetch)), header
+    finally:
+        prefetch.close()
 
 
 def restore_chain(writer: MaildirWriter, readers: list[ArchiveReader], options: RestoreOptions,

@@ -221,3 +221,57 @@ def test_a_trailer_verified_without_its_index_still_checks_every_entry():
     bad = text.replace(b'"folder": "INBOX"', b'"folder": "../x"')
     with pytest.raises(RecordError):
         TrailerRecord.decode_stream([bad], "t", keep_index=False)
+
+
+def _prefetch_in_order(fd, path, located_by):
+    """A file read in order by the prefetching child from its start, as ``imsrestore -f FILE
+    /`` does; the parent's own reader has read past the header (its buffer) first."""
+    from ims.archive.prefetch import PrefetchReader
+    prefetch = PrefetchReader(fd, str(path), None, rewind=True, located_by=located_by)
+    try:
+        header = prefetch.read_header()
+        names = [member.name for member in prefetch.members()]
+    finally:
+        prefetch.close()
+    return header, names, prefetch.trailer
+
+
+def test_a_file_read_in_order_by_the_child_is_read_from_its_start(tmp_path):
+    path = tmp_path / "a.ims"
+    write_archive(path, 30, users=3)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parent = ArchiveReader(fd, str(path), None)
+        first = parent.read_header()
+        alone = ArchiveReader(os.open(path, os.O_RDONLY), str(path), None)
+        alone.read_header()
+        expected = [member.name for member in alone.members()]
+        os.close(alone.fd)
+        assert os.lseek(fd, 0, os.SEEK_CUR) > 0         # the parent's buffer read on
+        header, names, trailer = _prefetch_in_order(fd, path, parent)
+    finally:
+        os.close(fd)
+    assert header == first and names == expected and trailer is not None
+
+
+def test_a_trailer_changed_between_locating_and_the_childs_reading_is_damage(tmp_path):
+    """As above, with the reading in order done by the prefetching child: the parent's
+    located trailer and the child's verified one are compared by the SHA-256 of their text."""
+    path = tmp_path / "a.ims"
+    write_archive(path, 30, users=3)
+    payload, _ = trailer_payload(path)
+    at = path.read_bytes().index(payload)
+    old, new = b'"messages":1,', b'"messages":2,'
+    fd = os.open(path, os.O_RDWR)
+    try:
+        parent = ArchiveReader(fd, str(path), None)
+        parent.read_header()
+        located = parent.locate_trailer()
+        assert located is not None
+        _, names, _ = _prefetch_in_order(fd, path, parent)     # unchanged: no error
+        assert names
+        os.pwrite(fd, payload.replace(old, new, 1), at)
+        with pytest.raises(ArchiveDamaged, match="trailer at byte .* changed while the archive"):
+            _prefetch_in_order(fd, path, parent)
+    finally:
+        os.close(fd)
