@@ -3,6 +3,7 @@ the trailer written is the one the whole-list JSON gave."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tracemalloc
@@ -29,7 +30,7 @@ def write_archive(path: Path, folders: int, users: int = 3) -> ArchiveWriter:
         "since": None, "blocking_factor": 20, "names": ["/"]}, CREATED)
     data = b"Subject: x\n\nhello\n"
     encoded = fmt.message_records(1, fmt.flag_records("S", (), "2,S"), False, CREATED, b"1.M1P1.a",
-                                  len(data), "0" * 64)
+                                  len(data), hashlib.sha256(data).hexdigest())
     for u in range(users):
         user = f"user{u}é"
         writer.user_index.append({"partition": "primary", "user": user, "group": "g",
