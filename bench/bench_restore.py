@@ -3,11 +3,15 @@
 Usage (after bench_backup.py has generated the store):
 
     .venv/bin/python bench/bench_restore.py [--store DIR] [--work DIR] [--runs 3]
-                                            [--from file|pipe] [--tmpfs]
+                                            [--from file|pipe] [--tmpfs | --fresh-ext4]
 
 Archives are made once: ``imsbackup -f ims.ims /`` and ``tar --format=pax -cf store.tar``.
 Each run restores into fresh, empty directories (ext4 is much slower right after mass
-deletions, so targets are deleted only after all runs):
+deletions, so targets are deleted only after all runs); ``sync`` runs before each timed
+command, so no run pays for the writeback of the one before.  ``--fresh-ext4`` (root): each
+restore goes into its own new ext4 file system, a loop-mounted image made for it with its
+inode tables written at once (``mkfs.ext4 -E lazy_itable_init=0``), and removed after the
+run: no run depends on what earlier runs, or earlier benchmarks, left on the disk.
 
   full      imsrestore -f ims.ims /  (every message verified against its SHA-256)
             vs  tar -xf store.tar -C fresh
@@ -30,6 +34,7 @@ BIN = Path(sys.executable).parent
 
 
 def timed(cmd: str, env: dict[str, str] | None = None) -> float:
+    subprocess.run(["sync"], check=True)
     start = time.monotonic()
     subprocess.run(cmd, shell=True, check=True, env=env)
     return time.monotonic() - start
@@ -52,6 +57,20 @@ def config_for(store: Path, target: Path) -> Path:
     return config
 
 
+def fresh_ext4(image: Path, mountpoint: Path, size: int) -> None:
+    subprocess.run(["truncate", "-s", str(size), str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                    str(image)], check=True)
+    mountpoint.mkdir(parents=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+
+
+def drop_ext4(image: Path, mountpoint: Path) -> None:
+    subprocess.run(["umount", str(mountpoint)], check=True)
+    image.unlink()
+    mountpoint.rmdir()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", type=Path, default=Path("/var/tmp/ims-bench-store"))
@@ -59,6 +78,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tmpfs", action="store_true",
                         help="restore into a tmpfs (root): the file-system-neutral comparison")
+    parser.add_argument("--fresh-ext4", action="store_true",
+                        help="restore each run into a new loop-mounted ext4 file system (root)")
     parser.add_argument("--from", dest="source", choices=("file", "pipe"), default="file",
                         help="read both archives as files (default) or from a pipe")
     args = parser.parse_args()
@@ -80,12 +101,18 @@ def main() -> int:
     if args.tmpfs:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g", "tmpfs", str(targets)], check=True)
 
+    # room for the store twice (the restore and the one user), and the file system's own
+    image_size = 2 * int(subprocess.run(["du", "-sb", str(store / "partitions")], check=True,
+                                        capture_output=True, text=True).stdout.split()[0]) + (2 << 30)
     ours, theirs, one_user, ratios = [], [], [], []
     for run in range(args.runs + 1):           # run 0 warms the cache and is not counted
         target = targets / f"run{run}"
+        if args.fresh_ext4:
+            fresh_ext4(work / f"run{run}-ims.img", target / "ims", image_size)
+            fresh_ext4(work / f"run{run}-tar.img", target / "tar", image_size)
         config = config_for(store, target / "ims")
         ims_env = dict(os.environ, IMS_CONFIG_DIR=str(config))
-        (target / "tar").mkdir()
+        (target / "tar").mkdir(exist_ok=True)
         if args.source == "pipe":
             ours_cmd = f"cat {archive} | {BIN / 'imsrestore'} -f -"
             tar_cmd = f"cat {tarball} | tar -xf - -C {target / 'tar'}"
@@ -100,9 +127,12 @@ def main() -> int:
             a = timed(ours_cmd, ims_env)
         if args.tmpfs and run + 1 < args.runs + 1:
             shutil.rmtree(target)               # tmpfs has no delayed inode reuse
-        single = config_for(store, target / "one")
+        single = config_for(store, target / ("ims/one" if args.fresh_ext4 else "one"))
         c = timed(f"{BIN / 'imsrestore'} -f {archive} /primary/user/{some_user}",
                   dict(os.environ, IMS_CONFIG_DIR=str(single)))
+        if args.fresh_ext4:
+            drop_ext4(work / f"run{run}-ims.img", target / "ims")
+            drop_ext4(work / f"run{run}-tar.img", target / "tar")
         if run:
             ours.append(a)
             theirs.append(b)

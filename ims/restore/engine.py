@@ -489,6 +489,8 @@ class Engine:
         except BaseException:
             self.abort()
             raise
+        finally:
+            self.store.close()
         self.report.unmatched = [i for i, hit in enumerate(self.hits) if not hit]
         self.report.seconds = time.monotonic() - started
         return self.report

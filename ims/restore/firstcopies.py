@@ -12,6 +12,9 @@ by the index from a file, or named in a references file from a pipe).  An entry 
 bytes of memory whatever the store, instead of a folder writer kept alive and three Python
 objects.
 
+A link looks its first copy up three times (is it there, where is it, one sight more): the
+last settled entry read is kept, so the table's file is read once a link, not three times.
+
 Each entry also counts its sights (the first copy, then each link placed to it, ``sighted``)
 in the map's own count, so that the engine can forget it after its last link without a
 dict of names beside it (at 1,000,000 messages that dict had held some 10 MiB).
@@ -37,6 +40,8 @@ class FirstCopies:
         self._open: dict[str, RestoredFile] = {}    # placed in the folder in progress
         self._open_sights: dict[str, int] = {}      # of those, sights above one
         self._settled = SpilledMap()
+        # the last settled lookup: (name, its entry or None); dropped on every change
+        self._last: tuple[str, tuple[int, bytes, int] | None] | None = None
 
     def __len__(self) -> int:
         return len(self._open) + len(self._settled)
@@ -47,6 +52,14 @@ class FirstCopies:
     def _settled_entry(self, name: str) -> tuple[int, bytes, int] | None:
         """(key, packed place, sights) of a settled first copy, or None (also when the key
         is another name's: two names of one hash)."""
+        last = self._last
+        if last is not None and last[0] == name:
+            return last[1]
+        entry = self._find_settled(name)
+        self._last = (name, entry)
+        return entry
+
+    def _find_settled(self, name: str) -> tuple[int, bytes, int] | None:
         encoded = name.encode("utf-8", "surrogateescape")
         key = _key(encoded)
         stored = self._settled.get(key)
@@ -94,6 +107,7 @@ class FirstCopies:
         if entry is None:
             return
         key, _, sights = entry
+        self._last = None
         if sights + 1 < links:
             self._settled.set_count(key, sights + 1)
         else:
@@ -102,6 +116,7 @@ class FirstCopies:
     def settle(self) -> None:
         """The folder in progress is committed or discarded: its first copies are where
         they stay (a discarded one is gone, and a link to it fails as to any missing file)."""
+        self._last = None
         for name, restored in self._open.items():
             encoded = name.encode("utf-8", "surrogateescape")
             self._settled.put(_key(encoded), len(encoded).to_bytes(4, "big") + encoded

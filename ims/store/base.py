@@ -68,7 +68,8 @@ class FolderReader(Protocol):
     def open_message(self, entry: MessageEntry) -> tuple[int, os.stat_result] | None:
         """An open fd and its fstat, following a rename; None if the message is gone."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the writer keeps between folders (directory descriptors)."""
 
 
 class StoreReader(Protocol):
@@ -187,3 +188,6 @@ class StoreWriter(Protocol):
     def pack_restored(self, restored: RestoredFile) -> bytes: ...
 
     def unpack_restored(self, packed: bytes) -> RestoredFile: ...
+
+    def close(self) -> None:
+        """Release what the writer keeps between folders (directory descriptors)."""

@@ -281,17 +281,49 @@ class Placed:
         return self.folder.settled(self.handle)
 
 
+class SettledDirs:
+    """Descriptors of the last few directories holding settled first copies: the links to
+    one shared message come one after another, each had opened its first copy's directory
+    again level by level from the partition (five or six ``open`` calls a link).  A
+    descriptor stays the directory it was opened as, wherever that is renamed later."""
+
+    SIZE = 16
+
+    def __init__(self) -> None:
+        self._fds: dict[tuple[str, tuple[str, ...], str], int] = {}
+
+    def get(self, root: Path, parts: tuple[str, ...], sub: str) -> int:
+        key = (str(root), parts, sub)
+        fd = self._fds.pop(key, None)
+        if fd is None:
+            fd = open_dir_under(root, parts + (sub,))
+            if len(self._fds) >= self.SIZE:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[key] = fd             # the most recent last
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 class Settled:
     """A message file restored earlier in this run, in a folder already committed, known by
     its place alone (``MaildirWriter.unpack_restored``): no folder writer is kept alive for
-    it.  Opened again level by level with O_NOFOLLOW, as a closed folder's files are."""
+    it.  Its directory is opened again level by level with O_NOFOLLOW, as a closed folder's
+    files are (or taken from ``SettledDirs``, which opened it so)."""
 
-    __slots__ = ("root", "parts", "sub", "name")
+    __slots__ = ("root", "parts", "sub", "name", "dirs")
 
-    def __init__(self, root: Path, parts: tuple[str, ...], sub: str, name: str) -> None:
+    def __init__(self, root: Path, parts: tuple[str, ...], sub: str, name: str,
+                 dirs: SettledDirs | None = None) -> None:
         self.root, self.parts, self.sub, self.name = root, parts, sub, name
+        self.dirs = dirs
 
     def open_source(self) -> tuple[int, str, bool]:
+        if self.dirs is not None:
+            return self.dirs.get(self.root, self.parts, self.sub), self.name, False
         return _reopen(self.root, self.parts, self.sub, self.name)
 
     def path(self) -> Path:
@@ -895,6 +927,7 @@ class MaildirWriter:
         self._partition_owners: dict[str, Owner] = {}
         self._maildirs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._counter = 0
+        self._settled_dirs = SettledDirs()
 
     def has_partition(self, partition: str) -> bool:
         return partition in self.store.partition_dirs
@@ -1033,7 +1066,11 @@ class MaildirWriter:
 
     def unpack_restored(self, packed: bytes) -> Settled:
         root, *parts, sub, name = (os.fsdecode(part) for part in packed.split(b"\0"))
-        return Settled(Path(root), tuple(parts), sub, name)
+        return Settled(Path(root), tuple(parts), sub, name, self._settled_dirs)
+
+    def close(self) -> None:
+        """Closes the descriptors kept for links to settled first copies."""
+        self._settled_dirs.close()
 
     def read_file(self, restored: Placed | Settled) -> bytes:
         dir_fd, name, owned = restored.open_source()

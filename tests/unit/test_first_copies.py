@@ -60,3 +60,25 @@ def test_a_name_never_remembered_is_ignored():
     copies = table()
     copies.sighted("p/u/INBOX/nothing", 2)
     assert len(copies) == 0
+
+
+def test_a_link_reads_its_settled_first_copy_once(monkeypatch):
+    """Is it there, where is it, one sight more: the engine's three lookups of a link read
+    the table's file once; a name not settled is not read again either, until a settle."""
+    copies = table()
+    copies["p/u/INBOX/d"] = "place-d"
+    copies.settle()
+    reads: list[int] = []
+    real_get = copies._settled.get
+    monkeypatch.setattr(copies._settled, "get", lambda key: reads.append(key) or real_get(key))
+    assert "p/u/INBOX/d" in copies
+    assert copies["p/u/INBOX/d"] == "place-d"
+    copies.sighted("p/u/INBOX/d", 3)
+    assert len(reads) == 1
+    assert copies.get("p/u/INBOX/d") == "place-d"     # changed by the sight: read again
+    assert len(reads) == 2
+    assert copies.get("p/u/INBOX/e") is None and "p/u/INBOX/e" not in copies
+    assert len(reads) == 3
+    copies["p/u/INBOX/e"] = "place-e"
+    copies.settle()
+    assert copies.get("p/u/INBOX/e") == "place-e"     # settled since: read again
