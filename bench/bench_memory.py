@@ -10,7 +10,7 @@ once into --store and reused; --store /var/tmp/ims-bench-store measures the 115k
 store is left as it was: the chain's deliveries are removed at the end.
 
   backup      imsbackup -f - / | cat > /dev/null           (parent and store-reader child)
-  restore     imsrestore -f FULL /  into an empty store     (one process: read by offset)
+  restore     imsrestore -f FULL /  into an empty store     (parent and prefetching child)
   stream      cat FULL | imsrestore -f -                    (parent and prefetching child)
   chain       imsrestore -f FULL -f I1 -f I2 -f I3  into an empty store, the incrementals
               made after delivering a few messages into some users' new/

@@ -198,6 +198,12 @@ class ArchiveReader:
         # the SHA-256 of the text of the trailer verified at the end of ``members``
         self.trailer_text_sha256: str | None = None
 
+    def read_by_offset_only(self) -> None:
+        """From now on this reader only reads by offset (``pread``): its 1 MiB read buffer
+        is freed, and the descriptor's file offset is left to another reader (the
+        prefetching child, which reads the file in order)."""
+        self.stream = open(self.fd, "rb", buffering=0, closefd=False)
+
     # -- raw reading -----------------------------------------------------------------
 
     def _read(self, count: int) -> bytes:
@@ -475,9 +481,12 @@ class ArchiveReader:
                          " is read only in order; save the stream to a file first, then use"
                          " -f FILE")
 
-    def locate_trailer(self) -> TrailerRecord | None:
+    def locate_trailer(self, keep_index: bool = True,
+                       keep_users: bool | None = None) -> TrailerRecord | None:
         """The trailer of a seekable archive, found from the end; None when there is none.
-        Raises ``RecordError`` when it is there but its values are not valid."""
+        Raises ``RecordError`` when it is there but its values are not valid.  Without
+        ``keep_index`` every entry is checked and none kept, the users' entries apart with
+        ``keep_users`` (``TrailerRecord.decode_stream``)."""
         if not self.seekable or not self.file_size:
             return None
         name = fmt.TRAILER_NAME.encode() + b"\0"
@@ -495,7 +504,7 @@ class ArchiveReader:
                 if position % fmt.BLOCK == 0:
                     member = self._member_by_name_block(start + position)
                     if member is not None and member.kind == fmt.TRAILER:
-                        trailer = self._trailer_at(member)
+                        trailer = self._trailer_at(member, keep_index, keep_users)
                         if trailer is not None:
                             return trailer
             if start <= 0 or start == end:
@@ -514,7 +523,8 @@ class ArchiveReader:
             raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {offset}"
                                  " changed while the archive was read")
 
-    def _trailer_at(self, member: Member) -> TrailerRecord | None:
+    def _trailer_at(self, member: Member, keep_index: bool = True,
+                    keep_users: bool | None = None) -> TrailerRecord | None:
         """The trailer member's record, its text read in chunks (``decode_stream``); None
         when its text is not JSON (the search goes on)."""
         if member.size > limits.MAX_JSON_MEMBER:
@@ -534,12 +544,14 @@ class ArchiveReader:
                 yield chunk
         try:
             trailer = TrailerRecord.decode_stream(
-                chunks(), f"{self.device_name}: the trailer at byte {member.offset}")
+                chunks(), f"{self.device_name}: the trailer at byte {member.offset}", keep_index,
+                keep_users)
         except RecordError:
             raise
         except ArchiveDamaged:
             return None
-        self._located = (member.offset, text.hexdigest(), weakref.ref(trailer))
+        if keep_index:      # a trailer without its index is never shared
+            self._located = (member.offset, text.hexdigest(), weakref.ref(trailer))
         return trailer
 
     def _member_by_name_block(self, offset: int) -> Member | None:

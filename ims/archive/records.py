@@ -759,18 +759,20 @@ class TrailerRecord:
 
     @classmethod
     def decode_stream(cls, chunks: Iterable[bytes], where: str,
-                      keep_index: bool = True) -> "TrailerRecord":
+                      keep_index: bool = True,
+                      keep_users: bool | None = None) -> "TrailerRecord":
         """From the trailer member's text in chunks (``ims.archive.jsonstream``): each
         ``index`` and ``users`` entry is checked and stored compactly as it is parsed, so the
         whole index is never held as JSON objects (at 1,000,000 messages that had been some
         60 MiB for a moment).  With ``keep_index`` false every entry is checked and none
         kept (``folders`` and ``users`` are empty): for a reader that only verifies the
-        trailer (at 1,000,000 messages the compact index is some 5 MiB).  ``ArchiveDamaged``
+        trailer (at 1,000,000 messages the compact index is some 5 MiB); ``keep_users`` (by
+        default as ``keep_index``) keeps the users' entries alone.  ``ArchiveDamaged``
         when the text is not JSON, RecordError when a value is not valid."""
         table = StringTable()
         folders, users = FolderIndex(table), UserIndex(table)
         add_folder = folders.append if keep_index else _drop
-        add_user = users.append if keep_index else _drop
+        add_user = users.append if (keep_index if keep_users is None else keep_users) else _drop
         body = parse_object(chunks, {
             "index": lambda entry: add_folder(_folder_extent(entry, where)),
             "users": lambda entry: add_user(_user_extent(entry, where)),

@@ -275,3 +275,22 @@ def test_a_trailer_changed_between_locating_and_the_childs_reading_is_damage(tmp
             _prefetch_in_order(fd, path, parent)
     finally:
         os.close(fd)
+
+
+def test_a_whole_archive_restore_locates_the_trailer_with_its_users_alone(tmp_path):
+    """``imsrestore -f FILE /`` checks its NAME against the users and fetches links by a
+    trailer located again later: at the start it keeps the users' entries, not the folders'
+    (some 4 MiB at 1,000,000 messages); every entry is still checked."""
+    path = tmp_path / "a.ims"
+    write_archive(path, 300, users=4)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = ArchiveReader(fd, str(path), None)
+        slim = reader.locate_trailer(keep_index=False, keep_users=True)
+        whole = reader.locate_trailer()
+    finally:
+        os.close(fd)
+    assert slim is not None and whole is not None
+    assert len(slim.folders) == 0 and len(whole.folders) == 300
+    assert [(u.partition, u.user) for u in slim.users] == [(u.partition, u.user) for u in whole.users]
+    assert len(slim.users) == 4
