@@ -6,7 +6,8 @@ The directory is the one Python's ``tempfile`` would choose, tried in the same o
 current directory.  A file is opened with ``O_TMPFILE`` (it never has a name, and its space
 is freed when its last descriptor closes, also when the process dies); where the file system
 lacks it, it is created exclusively (``O_EXCL|O_NOFOLLOW``, mode 0600) under a random name
-and unlinked at once.  ``tempfile`` itself is not imported: with ``shutil`` and ``random``,
+and unlinked at once; a byte is written to it, so a directory on a full file system is
+passed over, as ``tempfile``'s probe does.  ``tempfile`` itself is not imported: with ``shutil`` and ``random``,
 which it imports, it cost every process some 0.65 MiB.
 
 Failure behaviour: ``unnamed_file`` raises the ``OSError`` of the last directory tried when
@@ -59,6 +60,19 @@ def unnamed_file(prefix: str = "ims-") -> int:
 
 
 def _open_in(directory: str, prefix: str) -> int:
+    fd = _create_in(directory, prefix)
+    try:
+        # a full file system still makes the inode: a byte written tells (as tempfile's
+        # probe does), and the next directory is tried
+        os.pwrite(fd, b"\0", 0)
+        os.ftruncate(fd, 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create_in(directory: str, prefix: str) -> int:
     flag = getattr(os, "O_TMPFILE", 0)
     if flag:
         try:

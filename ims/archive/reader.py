@@ -171,7 +171,9 @@ class ArchiveReader:
         self.device_name = device_name
         self.blocking_factor = blocking_factor
         st = os.fstat(fd)
-        self.seekable = stat.S_ISREG(st.st_mode)
+        # read by offset only when the archive starts at the file's first byte (offsets in
+        # the archive count from its start); a file entered elsewhere is read as a stream
+        self.seekable = stat.S_ISREG(st.st_mode) and os.lseek(fd, 0, os.SEEK_CUR) == 0
         self.file_size = st.st_size if self.seekable else None
         # 1 MiB: larger buffers were not faster (reads from a file, a pipe or a tape are
         # whole records) and count in the memory of every restore
@@ -195,6 +197,9 @@ class ArchiveReader:
         # the trailer ``locate_trailer`` last decoded, while its caller holds it: (offset, the
         # SHA-256 of its text, the record); the one verified in order shares its index
         self._located: tuple[int, str, weakref.ref[TrailerRecord]] | None = None
+        # (offset, SHA-256 of its text) of every trailer ``locate_trailer`` found: each must
+        # be the one another reader verifies in order (``check_trailer_text``)
+        self.located_texts: set[tuple[int, str]] = set()
         # the SHA-256 of the text of the trailer verified at the end of ``members``
         self.trailer_text_sha256: str | None = None
 
@@ -435,6 +440,7 @@ class ArchiveReader:
                                      " changed while the archive was read")
             trailer = replace(trailer, folders=located.folders, users=located.users)
         self.trailer_text_sha256 = text.hexdigest()
+        self.check_trailer_text(member.offset, self.trailer_text_sha256)
         member.body = trailer.raw
         problems = []
         if trailer.trailer_offset != member.offset:
@@ -513,15 +519,14 @@ class ArchiveReader:
         return None
 
     def check_trailer_text(self, offset: int, text_sha256: str | None) -> None:
-        """``ArchiveDamaged`` when the trailer this reader located at ``offset``, still held
-        by its caller, has another text than the one another reader of the same file verified
-        in order (``text_sha256``): the archive changed while it was read."""
-        located = self._located
-        if located is None or located[0] != offset or located[2]() is None:
-            return
-        if located[1] != text_sha256:
-            raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {offset}"
-                                 " changed while the archive was read")
+        """``ArchiveDamaged`` when any trailer this reader located (to check NAMEs, to fetch
+        a link's first copy) is not the one another reader of the same file verified in
+        order (at ``offset``, with a text of SHA-256 ``text_sha256``): the file changed while
+        it was read, and what was fetched may be another archive's."""
+        for located in self.located_texts:
+            if located != (offset, text_sha256):
+                raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {located[0]}"
+                                     " changed while the archive was read")
 
     def _trailer_at(self, member: Member, keep_index: bool = True,
                     keep_users: bool | None = None) -> TrailerRecord | None:
@@ -550,6 +555,7 @@ class ArchiveReader:
             raise
         except ArchiveDamaged:
             return None
+        self.located_texts.add((member.offset, text.hexdigest()))
         if keep_index:      # a trailer without its index is never shared
             self._located = (member.offset, text.hexdigest(), weakref.ref(trailer))
         return trailer

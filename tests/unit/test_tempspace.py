@@ -87,3 +87,26 @@ def test_the_commands_do_not_import_what_they_do_not_use(command):
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.split()
     assert found == []
+
+
+def test_a_directory_on_a_full_file_system_is_passed_over(tmp_path, monkeypatch):
+    """O_TMPFILE makes the inode even when no block is free: a byte written tells, and the
+    next directory is taken (as tempfile's probe does)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={full / 'filler'}", "bs=4k", "count=64"],
+                       capture_output=True)
+        good = tmp_path / "good"
+        good.mkdir()
+        monkeypatch.setattr(tempspace, "candidates", lambda: [str(full), str(good)])
+        fd = tempspace.unnamed_file()
+        try:
+            assert os.fstat(fd).st_size == 0
+            os.write(fd, b"x" * 100000)
+        finally:
+            os.close(fd)
+        assert tempspace.temp_dir() == str(good)
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

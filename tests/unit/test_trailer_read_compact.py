@@ -294,3 +294,46 @@ def test_a_whole_archive_restore_locates_the_trailer_with_its_users_alone(tmp_pa
     assert len(slim.folders) == 0 and len(whole.folders) == 300
     assert [(u.partition, u.user) for u in slim.users] == [(u.partition, u.user) for u in whole.users]
     assert len(slim.users) == 4
+
+
+def test_a_file_replaced_by_another_archive_under_the_restore_is_damage(tmp_path):
+    """The parent located one archive's trailer (to check NAMEs, to fetch links); the file is
+    then rewritten in place with another archive whose trailer lies elsewhere: the child
+    verifies that one, and the two are not the same trailer (before, only a trailer at the
+    same offset was compared, and mail of two archives could be restored with exit 0)."""
+    first, second = tmp_path / "a.ims", tmp_path / "b.ims"
+    write_archive(first, 30, users=3)
+    write_archive(second, 12, users=2)
+    path = tmp_path / "work.ims"
+    path.write_bytes(first.read_bytes())
+    fd = os.open(path, os.O_RDWR)
+    try:
+        parent = ArchiveReader(fd, str(path), None)
+        parent.read_header()
+        assert parent.locate_trailer(keep_index=False, keep_users=True) is not None
+        data = second.read_bytes()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        with pytest.raises(ArchiveDamaged, match="changed while the archive was read"):
+            _prefetch_in_order(fd, path, parent)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_entered_past_its_start_is_read_as_a_stream(tmp_path):
+    """``-f -`` from a file whose descriptor is past byte 0 (the archive starts there):
+    offsets in the archive count from its start, so it is not read by offset."""
+    path = tmp_path / "wrapped.ims"
+    inner = tmp_path / "a.ims"
+    write_archive(inner, 10, users=2)
+    path.write_bytes(bytes(10240) + inner.read_bytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 10240, os.SEEK_SET)
+        reader = ArchiveReader(fd, "stdin", None)
+        assert not reader.seekable and reader.locate_trailer() is None
+        reader.read_header()
+        names = [member.name for member in reader.members()]
+    finally:
+        os.close(fd)
+    assert reader.trailer is not None and len(names) > 10
