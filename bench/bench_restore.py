@@ -113,9 +113,10 @@ def main() -> int:
     if args.tmpfs:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g", "tmpfs", str(targets)], check=True)
 
-    # room for the store twice (the restore and the one user), and the file system's own
-    image_size = 2 * int(subprocess.run(["du", "-sb", str(store / "partitions")], check=True,
-                                        capture_output=True, text=True).stdout.split()[0]) + (2 << 30)
+    # room for the store's blocks and half again (the one user, directories), inode tables
+    used = int(subprocess.run(["du", "-s", "-B1", str(store / "partitions")], check=True,
+                              capture_output=True, text=True).stdout.split()[0])
+    image_size = used * 3 // 2 + (2 << 30)
     # inodes for the store twice over (small messages: the default ratio would run out)
     entries = int(subprocess.run(f"find {store / 'partitions'} | wc -l", shell=True, check=True,
                                  capture_output=True, text=True).stdout)
