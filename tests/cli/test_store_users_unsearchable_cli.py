@@ -7,6 +7,8 @@ listed: exit 0, the user missing from the archive.)"""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import run_cmd
@@ -71,8 +73,20 @@ def test_a_partition_that_is_a_mount_point_is_backed_up_as_the_mail_user(fresh_s
     archive = tmp_path / "out" / "a.ims"
     archive.parent.mkdir()
     os.chown(archive.parent, uid, uid)
-    result = run_cmd("imsbackup", "-f", str(archive), "/", config_dir=fresh_store / "config",
-                     prefix=("setpriv", "--reuid", str(uid), "--regid", str(uid),
-                             "--clear-groups"))
+    # the mail user must reach the installed command too: a clone under /root (0700) is not
+    # (seen in a Debian 13 chroot); each parent's mode is given back afterwards
+    opened: list[tuple[Path, int]] = []
+    for parent in Path(sys.prefix).parents:
+        mode = parent.stat().st_mode
+        if mode & 0o001 == 0:
+            opened.append((parent, mode))
+            parent.chmod(mode | 0o001)
+    try:
+        result = run_cmd("imsbackup", "-f", str(archive), "/", config_dir=fresh_store / "config",
+                         prefix=("setpriv", "--reuid", str(uid), "--regid", str(uid),
+                                 "--clear-groups"))
+    finally:
+        for parent, mode in opened:
+            parent.chmod(mode)
     assert result.returncode == 0, result.stderr
     assert b"lost+found" not in result.stderr
