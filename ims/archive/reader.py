@@ -433,14 +433,11 @@ class ArchiveReader:
             hashed(self._payload_chunks(member)),
             f"{self.device_name}: the trailer at byte {member.offset}",
             keep_index=self.keep_trailer_index and located is None)
-        if located is not None:
-            assert self._located is not None
-            if text.hexdigest() != self._located[1]:
-                raise ArchiveDamaged(f"{self.device_name}: the trailer at byte {member.offset}"
-                                     " changed while the archive was read")
-            trailer = replace(trailer, folders=located.folders, users=located.users)
         self.trailer_text_sha256 = text.hexdigest()
+        # every trailer located must be this one (the located index is then shared)
         self.check_trailer_text(member.offset, self.trailer_text_sha256)
+        if located is not None:
+            trailer = replace(trailer, folders=located.folders, users=located.users)
         member.body = trailer.raw
         problems = []
         if trailer.trailer_offset != member.offset:
