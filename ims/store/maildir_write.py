@@ -61,6 +61,7 @@ from ims.errors import StoreLocked
 from ims.restore.plan import NO_ROOM_REASON, Placement, merge_next_uid, plan_merge
 from ims.store import modseq as dovecot_modseq
 from ims.store import uidlist
+from ims.store.beneath import open_beneath
 from ims.store.files import read_regular
 from ims.store.base import Landed, LiveFolder, WholeFolder
 from ims.store.lock import FolderLock, process_alive
@@ -130,7 +131,25 @@ def open_dir_under(root: Path, parts: tuple[str, ...] | list[str],
 def open_levels(fd: int, parts: tuple[str, ...] | list[str], shown: Path,
                 owner: "Owner | None" = None) -> int:
     """Walk down from ``fd`` (which this takes over and closes) through ``parts``, each level
-    opened with O_NOFOLLOW (``open_subdir``); the last level's descriptor."""
+    opened with O_NOFOLLOW (``open_subdir``); the last level's descriptor.
+
+    Where the path is there already, one ``openat2`` refusing links at every level opens it
+    (``ims.store.beneath``); a level missing, a link or anything else on the way is left to
+    the walk, which creates the missing levels or names the one at fault."""
+    if parts:
+        try:
+            whole = open_beneath(fd, "/".join(parts), _DIR_FLAGS)
+        except FileNotFoundError:
+            if owner is None:
+                os.close(fd)
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                                        str(shown.joinpath(*parts))) from None
+            whole = None
+        except OSError:
+            whole = None
+        if whole is not None:
+            os.close(fd)
+            return whole
     try:
         for part in parts:
             shown = shown / part
@@ -166,7 +185,19 @@ def rename_noreplace(source_dir: int, source: str, target_dir: int, target: str,
 def stage_suffix() -> str:
     """The end of every name a restore stages: pid and host, so a cleaner on another host
     sharing the store (NFS) never takes a live restore's files for a dead one's."""
-    return f"{os.getpid()}.{socket.gethostname()}"
+    return f"{os.getpid()}.{hostname()}"
+
+
+_hostname: str | None = None
+
+
+def hostname() -> str:
+    """This host's name, asked once a process (a system call each time, on every folder and
+    control file a restore writes)."""
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname
 
 
 @dataclass
@@ -183,13 +214,20 @@ class Owner:
             os.chown(path, self.uid, self.gid, follow_symlinks=False)
 
 
-def make_maildir(folder_fd: int, shown: Path, owner: Owner, marker: bool) -> dict[str, int]:
+def make_maildir(folder_fd: int, shown: Path, owner: Owner, marker: bool,
+                 empty: bool = False) -> dict[str, int]:
     """``cur/ new/ tmp/`` (and ``maildirfolder``) in the folder ``folder_fd`` holds; their
-    descriptors, opened without following links."""
+    descriptors, opened without following links.  ``empty``: the folder was just made by
+    this process, so each is made at once (not looked for first)."""
     subs: dict[str, int] = {}
     try:
         for sub in ("cur", "new", "tmp"):
-            subs[sub] = open_subdir(folder_fd, sub, shown / sub, owner)
+            if empty:
+                os.mkdir(sub, 0o700, dir_fd=folder_fd)
+                subs[sub] = os.open(sub, _DIR_FLAGS, dir_fd=folder_fd)
+                owner.apply(subs[sub])
+            else:
+                subs[sub] = open_subdir(folder_fd, sub, shown / sub, owner)
         if marker:
             fd = os.open("maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=folder_fd)
@@ -343,7 +381,9 @@ class NewFolder:
     def __init__(self, root: Path, parts: tuple[str, ...], target_dir: int, target_name: str,
                  aside_dir: int, aside_name: str, owner: Owner, whole: WholeFolder,
                  is_inbox: bool, lock_timeout: float, sync: bool = False,
-                 batch_size: int = 500) -> None:
+                 batch_size: int = 500, clean_aside: bool = True) -> None:
+        """``clean_aside``: first remove what a killed restore left in ``aside_dir`` (the
+        writer does it once a user, not for each folder)."""
         self.root, self.parts = root, parts
         self.shown = root.joinpath(*parts)
         self.target_dir, self.target_name = target_dir, target_name
@@ -363,12 +403,14 @@ class NewFolder:
         self._subs: dict[str, int] = {}
         self.aside_fd = -1
         try:
-            clean_stale(aside_dir)
+            if clean_aside:
+                clean_stale(aside_dir)
             os.mkdir(aside_name, 0o700, dir_fd=aside_dir)
             self.aside_fd = os.open(aside_name, _DIR_FLAGS, dir_fd=aside_dir)
             owner.apply(self.aside_fd)
             # descriptors stay valid when the folder is renamed into place
-            self._subs = make_maildir(self.aside_fd, self.shown, owner, marker=not is_inbox)
+            self._subs = make_maildir(self.aside_fd, self.shown, owner, marker=not is_inbox,
+                                      empty=True)
         except BaseException:
             self.abort()
             raise
@@ -621,7 +663,7 @@ class ExistingFolder:
 
     def _stage_name(self) -> str:
         self._counter += 1
-        return f"ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
+        return f"ims-restore.{os.getpid()}.{self._counter}.{hostname()}"
 
     def add(self, message: MessageRecord, data: bytes | memoryview) -> Placed:
         # named before it exists: an interrupt between its creation and its queueing
@@ -861,7 +903,7 @@ _STAGED = re.compile(r"\.?(?:(?P<file>[a-z][a-z-]*)\.)?ims-restore\.(?P<pid>\d+)
 def _stale(name: str) -> bool:
     """A leftover of a dead restore of this host (another host's pids mean nothing here)."""
     match = _STAGED.match(name)
-    if match is None or match["host"] != socket.gethostname():
+    if match is None or match["host"] != hostname():
         return False
     pid = int(match["pid"])
     return pid != os.getpid() and not process_alive(pid)
@@ -928,6 +970,7 @@ class MaildirWriter:
         self._maildirs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._counter = 0
         self._settled_dirs = SettledDirs()
+        self._cleaned: set[tuple[str, str, bool]] = set()
 
     def has_partition(self, partition: str) -> bool:
         return partition in self.store.partition_dirs
@@ -1014,7 +1057,9 @@ class MaildirWriter:
         root, parts = self._place(partition, user, folder)
         owner = self.owner(partition, user)
         self._counter += 1
-        aside_name = f".ims-restore.{os.getpid()}.{self._counter}.{socket.gethostname()}"
+        aside_name = f".ims-restore.{os.getpid()}.{self._counter}.{hostname()}"
+        # what a killed restore left aside is removed once a user and place, not a folder
+        cleaned = (partition, user, folder == INBOX)
         if folder == INBOX:
             target_dir = open_dir_under(root, parts[:-1], owner)
             aside_dir = os.dup(target_dir)
@@ -1022,8 +1067,13 @@ class MaildirWriter:
             target_dir, subs = self._open_maildir(partition, user)
             aside_dir = subs.pop("tmp")
             close_all(subs)
-        return NewFolder(root, parts, target_dir, parts[-1], aside_dir, aside_name, owner,
-                         whole, folder == INBOX, self.lock_timeout, self.sync, self.batch_size)
+        built = NewFolder(root, parts, target_dir, parts[-1], aside_dir, aside_name, owner,
+                          whole, folder == INBOX, self.lock_timeout, self.sync, self.batch_size,
+                          clean_aside=cleaned not in self._cleaned)
+        if len(self._cleaned) > 1024:       # users come one after another
+            self._cleaned.clear()
+        self._cleaned.add(cleaned)
+        return built
 
     def add_to_folder(self, partition: str, user: str, folder: str,
                       check_existing: bool) -> ExistingFolder:
