@@ -188,6 +188,19 @@ def stage_suffix() -> str:
     return f"{os.getpid()}.{hostname()}"
 
 
+_euid: int | None = None
+
+
+def _as_root() -> bool:
+    """Whether files made are given to their owner: only root can.  Asked once (a system
+    call each time, on every file a restore makes); a restore never changes its uid, and
+    a forked child inherits it."""
+    global _euid
+    if _euid is None:
+        _euid = os.geteuid()
+    return _euid == 0
+
+
 _hostname: str | None = None
 
 
@@ -206,7 +219,7 @@ class Owner:
     gid: int
 
     def apply(self, path: Path | int) -> None:
-        if os.geteuid() != 0:
+        if not _as_root():
             return
         if isinstance(path, int):
             os.fchown(path, self.uid, self.gid)
