@@ -14,6 +14,9 @@ by the trailer's index).  The parent compares the header the child read with its
 the trailer the child verified with the one it located (``located_by``): a file that changed
 between the two readings is damage (``ArchiveDamaged``), never a mix of two archives.
 
+Messages and folder states are parsed, checked and decoded into records in the child; their
+``Member.pax`` in the parent holds their kind only (the records carry every value).
+
 A message larger than a slot is not pickled: its entry ends a batch, and its bytes follow
 as ``chunk`` items, one slot each, ended by ``chunk_end`` with the digest's verdict.  The
 parent collects them when the restore asks for the data (in memory up to
@@ -54,6 +57,7 @@ BATCH_ITEMS = 256
 STALL_SECONDS = 0.2
 LARGE = ("large",)      # a message's data ref: its bytes follow the batch in chunks
 _DECODED_HERE = frozenset((fmt.MESSAGE, fmt.FOLDER))
+_KIND_ONLY = {kind: {fmt.TYPE_KEY: kind} for kind in _DECODED_HERE}
 _NO_PAYLOAD = frozenset((fmt.TRAILER, fmt.FOLDER))     # the trailer's is verified here
 _ERRORS = {"Incomplete": Incomplete, "ArchiveDamaged": ArchiveDamaged, "DeviceError": DeviceError}
 
@@ -297,9 +301,12 @@ class PrefetchReader:
                         data_ref = (slot, used, len(data))
                         batch["used"] = used + len(data)
                         touched[slot] = max(touched[slot], batch["used"])
-                    fields = (member.name, member.typeflag, member.size, member.mtime,
-                              member.linkname, member.pax, member.offset, member.data_offset)
                     kind = member.kind
+                    # a member decoded here travels with its kind alone for pax (one dict
+                    # shared by a whole batch's pickle): the parent reads nothing else of it
+                    pax = _KIND_ONLY[kind] if kind in _DECODED_HERE else member.pax
+                    fields = (member.name, member.typeflag, member.size, member.mtime,
+                              member.linkname, pax, member.offset, member.data_offset)
                     decoded = (member.record, member.invalid) if kind in _DECODED_HERE else None
                     payload = member.payload if kind not in _NO_PAYLOAD else None
                     batch["entries"].append((fields, payload, decoded, data_ref))

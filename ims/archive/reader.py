@@ -139,20 +139,25 @@ def decode_record(member: Member) -> None:
     (``member.invalid``); JSON members need ``body`` parsed first."""
     try:
         kind = member.kind
-        where = f"{shown(member.name)} at byte {member.offset}"
-        if kind == fmt.MESSAGE:
+        if kind == fmt.MESSAGE:     # ``where`` made only for an error: this runs a message
             if member.typeflag not in (fmt.REGULAR, fmt.HARDLINK):
-                raise RecordError(f"{where}: member type {member.typeflag!r} is not a message")
+                raise RecordError(f"{_where(member)}: member type {member.typeflag!r} is not"
+                                  " a message")
             if member.is_link and not valid_link_target(member.linkname):
-                raise RecordError(f"{where}: link target {member.linkname!r} is not a member name")
+                raise RecordError(f"{_where(member)}: link target {member.linkname!r} is not"
+                                  " a member name")
             member.record = MessageRecord.decode(member.pax, member.name, member.size,
                                                  member.mtime, member.is_link)
         elif kind == fmt.USER:
-            member.record = UserRecord.decode(member.body, where)
+            member.record = UserRecord.decode(member.body, _where(member))
         elif kind == fmt.FOLDER:
-            member.record = FolderRecord.decode(member.body, where)
+            member.record = FolderRecord.decode(member.body, _where(member))
     except RecordError as exc:
         member.invalid = str(exc)
+
+
+def _where(member: Member) -> str:
+    return f"{shown(member.name)} at byte {member.offset}"
 
 
 @dataclass

@@ -478,12 +478,12 @@ class MessageRecord(NamedTuple):
     @classmethod
     def decode(cls, pax: Mapping[str, str], name: str, size: int, mtime: int,
                is_link: bool) -> "MessageRecord":
-        where = f"message member {name!r}"
         key = pax.get("IMS.basename", "")
         if not valid_key(key):
-            raise RecordError(f"{where}: invalid message name {key!r}")
+            raise RecordError(f"message member {name!r}: invalid message name {key!r}")
         if not name.endswith("/" + key):
-            raise RecordError(f"{where}: its name does not end with IMS.basename {key!r}")
+            raise RecordError(f"message member {name!r}: its name does not end with"
+                              f" IMS.basename {key!r}")
         try:
             uid_text = pax.get("IMS.uid")
             uid = None
@@ -520,7 +520,7 @@ class MessageRecord(NamedTuple):
                 raise ValueError(f"size {max(size, int(size_text))} is over the limit of"
                                  f" {limits.MAX_MESSAGE_SIZE} bytes for a message")
         except ValueError as exc:
-            raise RecordError(f"{where}: {exc}") from None
+            raise RecordError(f"message member {name!r}: {exc}") from None
         return cls(key, uid, flags, keywords, internaldate, pax.get("IMS.state") == "new",
                    int(size_text), sha, links)
 

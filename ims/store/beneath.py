@@ -10,9 +10,10 @@ or a ``..`` that climbs out is refused).  Python has no binding for it; it is ca
 through libc's ``syscall``.
 
 Failure behaviour: ``open_beneath`` returns ``None`` when the call cannot be used (an older
-kernel, or a sandbox that filters it: ``ENOSYS``/``EPERM``, remembered for the process), and
-the caller walks level by level as before; any other failure is the ``OSError`` an
-``openat`` would have raised, with ``path`` as its file name.
+kernel, a sandbox that filters it: ``ENOSYS``/``EPERM``, remembered for the process; a
+machine whose system call table numbers it differently), and the caller walks level by
+level as before; a NUL in ``path`` is a ``ValueError``, as for ``os.open``; any other
+failure is the ``OSError`` an ``openat`` would have raised, with ``path`` as its file name.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ import ctypes
 import errno
 import os
 
-_SYS_OPENAT2 = 437          # the same number on every architecture (a syscall added in 5.6)
+# openat2's number where the kernel's tables give it 437 (the generic table and those that
+# follow it); elsewhere (alpha, MIPS and others) the walk is used
+_SYS_OPENAT2 = 437
+_MACHINES = {"x86_64", "i386", "i486", "i586", "i686", "aarch64", "aarch64_be", "arm64",
+             "armv6l", "armv7l", "armv8l", "ppc64", "ppc64le", "ppc", "s390x", "riscv64",
+             "loongarch64"}
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
@@ -35,7 +41,7 @@ class _OpenHow(ctypes.Structure):
 
 _syscall = ctypes.CDLL(None, use_errno=True).syscall
 _syscall.restype = ctypes.c_long
-_usable = True
+_usable = os.uname().machine in _MACHINES
 
 
 def open_beneath(dir_fd: int, path: str, flags: int) -> int | None:
@@ -45,6 +51,8 @@ def open_beneath(dir_fd: int, path: str, flags: int) -> int | None:
     global _usable
     if not _usable:
         return None
+    if "\0" in path:           # ctypes would cut the path there; os.open refuses it so
+        raise ValueError("embedded null byte")
     how = _OpenHow(flags, 0, _RESOLVE)
     fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd),
                   ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),

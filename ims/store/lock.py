@@ -25,6 +25,17 @@ from pathlib import Path
 from ims.errors import StoreLocked
 from ims.signals import held
 
+_hostname: str | None = None
+
+
+def hostname() -> str:
+    """This host's name as staged and lock file names carry it, asked once a process (a
+    system call each time, on every folder and control file a restore writes)."""
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname
+
 LOCK_NAME = "dovecot-uidlist.lock"
 STALE_DEAD_PID_AGE = 2.0
 STALE_UNKNOWN_AGE = 120.0     # Dovecot's dotlock stale timeout for dovecot-uidlist.lock
@@ -52,7 +63,7 @@ class FolderLock:
             raise
 
     def _acquire(self) -> None:
-        me = f"{os.getpid()}:{socket.gethostname()}".encode()
+        me = f"{os.getpid()}:{hostname()}".encode()
         deadline = time.monotonic() + self.timeout
         delay = 0.01
         while True:
@@ -89,7 +100,7 @@ class FolderLock:
             os.close(folder_fd)
 
     def _link_into_place(self, content: bytes, folder_fd: int, tmp_fd: int) -> bool:
-        temp = f"ims-restore.{os.getpid()}.lock.{socket.gethostname()}"
+        temp = f"ims-restore.{os.getpid()}.lock.{hostname()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(temp, flags, 0o600, dir_fd=tmp_fd)
@@ -173,7 +184,7 @@ class FolderLock:
             # no holder recorded (a lock cut short by a crash, or not ours): Dovecot takes
             # such a lock over once it is older than its stale timeout, and so do we
             return age >= STALE_UNKNOWN_AGE and self._unlink_if_same(st.st_ino)
-        if host != socket.gethostname():
+        if host != hostname():
             return False
         if age < STALE_DEAD_PID_AGE or process_alive(int(pid)):
             return False

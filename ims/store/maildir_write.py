@@ -50,7 +50,6 @@ import ctypes
 import errno
 import os
 import re
-import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ from ims.store import uidlist
 from ims.store.beneath import open_beneath
 from ims.store.files import read_regular
 from ims.store.base import Landed, LiveFolder, WholeFolder
-from ims.store.lock import FolderLock, process_alive
+from ims.store.lock import FolderLock, hostname, process_alive
 from ims.store.maildir import INBOX, MaildirStore, folder_to_dirname, parse_keywords_file
 from ims.signals import held
 from ims.store.subscriptions import merge_subscriptions
@@ -136,6 +135,13 @@ def open_levels(fd: int, parts: tuple[str, ...] | list[str], shown: Path,
     Where the path is there already, one ``openat2`` refusing links at every level opens it
     (``ims.store.beneath``); a level missing, a link or anything else on the way is left to
     the walk, which creates the missing levels or names the one at fault."""
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\0" in part:
+            # names were validated where they were read; this is the last guard, for
+            # the walk as for openat2 (a NUL would have cut the path short there)
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"a level named {part!r} is not a store directory",
+                          f"{shown}/{'/'.join(parts)}")
     if parts:
         try:
             whole = open_beneath(fd, "/".join(parts), _DIR_FLAGS)
@@ -201,16 +207,6 @@ def _as_root() -> bool:
     return _euid == 0
 
 
-_hostname: str | None = None
-
-
-def hostname() -> str:
-    """This host's name, asked once a process (a system call each time, on every folder and
-    control file a restore writes)."""
-    global _hostname
-    if _hostname is None:
-        _hostname = socket.gethostname()
-    return _hostname
 
 
 @dataclass
@@ -236,8 +232,15 @@ def make_maildir(folder_fd: int, shown: Path, owner: Owner, marker: bool,
     try:
         for sub in ("cur", "new", "tmp"):
             if empty:
-                os.mkdir(sub, 0o700, dir_fd=folder_fd)
-                subs[sub] = os.open(sub, _DIR_FLAGS, dir_fd=folder_fd)
+                # the folder is the user's once it is given to them: anything met here was
+                # planted meanwhile, and is refused as the walk refuses it
+                try:
+                    os.mkdir(sub, 0o700, dir_fd=folder_fd)
+                    subs[sub] = os.open(sub, _DIR_FLAGS, dir_fd=folder_fd)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafePath(shown / sub) from None
+                    raise
                 owner.apply(subs[sub])
             else:
                 subs[sub] = open_subdir(folder_fd, sub, shown / sub, owner)

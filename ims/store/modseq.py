@@ -40,11 +40,12 @@ if seeded) and ``OSError`` for other failures, leaving no partial log behind.
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import sys
 import time
 from pathlib import Path
+
+from ims.store.lock import hostname
 
 LOG_NAME = "dovecot.index.log"
 INDEX_NAME = "dovecot.index"
@@ -298,7 +299,7 @@ def seed_modseq(folder_dir: Path | str | int, modseq: int, uid: int, gid: int,
         # Not a dot name (in the Maildir root that would look like a folder to a lister);
         # the restore's stale-file cleaner knows ims-restore.<pid>.* of dead processes.
         temp = LOG_NAME if unseen else \
-            f"ims-restore.{os.getpid()}.modseq-seed.{socket.gethostname()}"
+            f"ims-restore.{os.getpid()}.modseq-seed.{hostname()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ims.store import beneath
-from ims.store.maildir_write import Owner, UnsafePath, open_dir_under
+from ims.store.maildir_write import Owner, UnsafePath, make_maildir, open_dir_under
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -102,3 +102,47 @@ def test_no_descriptor_is_left_open(tree: Path, way: str):
         (tree / "u/amy/Maildir/.Sent/cur").unlink()
         (tree / "cur-aside").rename(tree / "u/amy/Maildir/.Sent/cur")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("parts", [("u", "..", "..", "outside"), ("..",), ("u", "."),
+                                   ("u", "amy/../../.."), ("u", "amy\0/../.."), ("u", "")])
+def test_a_level_that_climbs_or_hides_a_path_is_refused(tree: Path, way: str, parts):
+    # names are validated where an archive's records are read; this is the last guard
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError) as raised:
+        open_dir_under(tree / "u" / "amy", parts)
+    assert raised.value.errno == errno.EINVAL
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_nul_is_refused_by_the_one_call_too(tree: Path):
+    start = os.open(tree, _DIR)
+    try:
+        with pytest.raises(ValueError):
+            beneath.open_beneath(start, "u/amy\0/../../outside", _DIR)
+    finally:
+        os.close(start)
+
+
+@pytest.mark.parametrize("planted", ["link", "file", "directory"])
+def test_a_sub_directory_planted_in_a_new_folder_is_refused_and_named(tmp_path: Path,
+                                                                       planted: str):
+    # a folder built aside belongs to the mail user once given to them: a cur/ made there
+    # meanwhile is met by the restore's mkdir
+    folder = tmp_path / "aside"
+    folder.mkdir()
+    if planted == "link":
+        (folder / "cur").symlink_to(tmp_path)
+    elif planted == "file":
+        (folder / "cur").write_text("x")
+    else:
+        (folder / "cur").mkdir()
+    fd = os.open(folder, _DIR)
+    try:
+        with pytest.raises(UnsafePath) as raised:
+            make_maildir(fd, Path("/store/u/amy/Maildir/.Sent"), Owner(os.getuid(), os.getgid()),
+                         marker=True, empty=True)
+        assert "/store/u/amy/Maildir/.Sent/cur" in str(raised.value)
+    finally:
+        os.close(fd)
+    assert not (folder / "new").exists()
