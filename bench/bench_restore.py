@@ -83,6 +83,21 @@ def drop_ext4(image: Path, mountpoint: Path) -> None:
     mountpoint.rmdir()
 
 
+def make_archives(store: Path, work: Path) -> tuple[Path, Path]:
+    """``work`` made anew with the store's two archives: ``imsbackup -f ims.ims /`` (by this
+    checkout) and GNU tar's pax archive of its partitions."""
+    if not (store / "config" / "msg.conf").exists():
+        raise SystemExit(f"{store}: no store; run bench/bench_backup.py first")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    archive, tarball = work / "ims.ims", work / "store.tar"
+    subprocess.run([str(BIN / "imsbackup"), "-f", str(archive), "/"], check=True,
+                   env=dict(os.environ, IMS_CONFIG_DIR=str(store / "config")))
+    subprocess.run(["tar", "--format=pax", "-cf", str(tarball), "-C", str(store / "partitions"),
+                    "."], check=True)
+    return archive, tarball
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", type=Path, default=Path("/var/tmp/ims-bench-store"))
@@ -96,15 +111,7 @@ def main() -> int:
                         help="read both archives as files (default) or from a pipe")
     args = parser.parse_args()
     store, work = args.store, args.work
-    if not (store / "config" / "msg.conf").exists():
-        raise SystemExit(f"{store}: no store; run bench/bench_backup.py first")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    env = dict(os.environ, IMS_CONFIG_DIR=str(store / "config"))
-    archive, tarball = work / "ims.ims", work / "store.tar"
-    subprocess.run([str(BIN / "imsbackup"), "-f", str(archive), "/"], check=True, env=env)
-    subprocess.run(["tar", "--format=pax", "-cf", str(tarball), "-C", str(store / "partitions"), "."],
-                   check=True)
+    archive, tarball = make_archives(store, work)
     print(f"archives: imsbackup {archive.stat().st_size >> 20} MiB, GNU tar pax "
           f"{tarball.stat().st_size >> 20} MiB", flush=True)
     some_user = sorted(p.name for p in (store / "partitions" / "primary").iterdir())[0]

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_restore import config_for  # noqa: E402
+from bench_restore import config_for, make_archives  # noqa: E402
 
 BIN = Path(sys.executable).parent
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)     # as installed: bytecode cached
@@ -53,15 +53,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     store, work = args.store, args.work
-    if not (store / "config" / "msg.conf").exists():
-        raise SystemExit(f"{store}: no store; run bench/bench_backup.py first")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    archive, tarball = work / "ims.ims", work / "store.tar"
-    subprocess.run([str(BIN / "imsbackup"), "-f", str(archive), "/"], check=True,
-                   env=dict(os.environ, IMS_CONFIG_DIR=str(store / "config")))
-    subprocess.run(["tar", "--format=pax", "-cf", str(tarball), "-C", str(store / "partitions"),
-                    "."], check=True)
+    archive, tarball = make_archives(store, work)
     targets = work / "targets"
     targets.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g", "tmpfs", str(targets)], check=True)

@@ -208,8 +208,6 @@ def _as_root() -> bool:
     return _euid == 0
 
 
-
-
 @dataclass
 class Owner:
     uid: int
