@@ -45,6 +45,10 @@ def test_a_reused_inode_is_not_archived_as_a_link_to_the_old_message(tmp_path, m
                 if os.stat(candidate).st_ino == old_ino:
                     os.rename(candidate, new[0])
                     break
+            else:
+                # no reuse this time: NEW is delivered all the same (the last try), or the
+                # link below would fail, and the reader would take the folder for deleted
+                os.rename(candidate, new[0])
             os.link(new[0], new[1])
             for miss in scratch.glob("delivery.*"):
                 miss.unlink()
