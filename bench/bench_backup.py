@@ -5,6 +5,7 @@ Usage (from the repository root, after scripts/venv.sh):
     .venv/bin/python bench/bench_backup.py [--store DIR] [--users 1000] [--messages 100]
                                            [--partitions 4] [--runs 5] [--only full|incremental]
                                            [--extra-folders N] [--size-median BYTES]
+                                           [--tmpfs]
 
 Many small folders (21 folders a user, most holding a few messages):
 
@@ -14,7 +15,9 @@ Many small folders (21 folders a user, most holding a few messages):
 The store (shaped like a real one: log-normal sizes, median 4 KiB, sigma 1.7, capped at 2 MiB, a
 tenth of INBOX deliveries hard-linked to 2-5 users) is generated once into DIR and reused.
 Each command runs once to warm the cache, then --runs times, alternating with GNU tar;
-medians are printed with the ratio and the peak RSS of the imsbackup process.
+medians are printed with the ratio and the peak RSS of the imsbackup process.  With --tmpfs
+(root) both read a copy of the store made in a tmpfs for the run, for machines whose page
+cache does not stay warm from one run to the next.
 
   full         imsbackup -f - / | cat > /dev/null      vs  tar -cf - -C STORE . | cat > /dev/null
   incremental  imsbackup -d <now> -f - / | cat > /dev/null (unchanged store)
@@ -124,6 +127,9 @@ def main() -> int:
                         help="median message size in bytes (with a new --store)")
     parser.add_argument("--only", choices=("full", "incremental"),
                         help="run one of the two rows")
+    parser.add_argument("--tmpfs", action="store_true",
+                        help="measure on a copy of the store in a tmpfs (root): the page cache"
+                             " kept out of the comparison")
     args = parser.parse_args()
 
     store = args.store
@@ -137,6 +143,29 @@ def main() -> int:
                                             extra_folders=args.extra_folders,
                                             size_median=args.size_median))
         print(f"generated {store}: {counts} in {time.monotonic() - t0:.0f} s", flush=True)
+    if not args.tmpfs:
+        return run_rows(store, args)
+    # a machine that pages out cold page cache (here: the host's DAMON "pageout" scheme on
+    # the VM) gives each run a different share of reads from the disk; a tmpfs copy is read
+    # from memory by both tools, every run
+    mount = Path("/var/tmp/ims-bench-backup-tmpfs")
+    mount.mkdir(exist_ok=True)
+    used = int(subprocess.run(["du", "-sb", str(store)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used * 5 // 4 + (256 << 20)}",
+                    "tmpfs", str(mount)], check=True)
+    try:
+        copy = mount / store.name
+        subprocess.run(["cp", "-a", str(store), str(copy)], check=True)    # keeps hard links
+        conf = copy / "config" / "msg.conf"
+        conf.write_text(conf.read_text().replace(str(store), str(copy)))
+        print(f"measured on a copy in a tmpfs: {copy}", flush=True)
+        return run_rows(copy, args)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def run_rows(store: Path, args: argparse.Namespace) -> int:
     files = sum(1 for _ in (store / "partitions").rglob("*") if _.parent.name in ("cur", "new"))
     size = subprocess.run(["du", "-sh", str(store / "partitions")], capture_output=True,
                           text=True).stdout.split()[0]

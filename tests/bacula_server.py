@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dovecot_server import free_port
+from dovecot_server import free_ports
 
 SCRIPTS = Path(__file__).parent / "bacula"
 
@@ -22,8 +22,9 @@ class BaculaServer:
         self.root = Path(tempfile.mkdtemp(prefix="ims-bacula-", dir="/tmp"))
         (self.root / "etc").mkdir()
         (self.root / "etc" / "jobs.conf").write_text(jobs_conf)
-        self.env = dict(os.environ, BACULA_DIR_PORT=str(free_port()),
-                        BACULA_FD_PORT=str(free_port()), BACULA_SD_PORT=str(free_port()))
+        dir_port, fd_port, sd_port = free_ports(3)
+        self.env = dict(os.environ, BACULA_DIR_PORT=str(dir_port),
+                        BACULA_FD_PORT=str(fd_port), BACULA_SD_PORT=str(sd_port))
         self.started = False
 
     def start(self) -> None:

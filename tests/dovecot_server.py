@@ -11,6 +11,7 @@ Writes Dovecot 2.3 syntax, or 2.4 syntax when ``dovecot --version`` says 2.4+ (D
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import re
@@ -28,10 +29,16 @@ PASSWORD = "secret"
 DOVECOT = "/usr/sbin/dovecot"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now: the sockets are held until every number
+    is known, so the kernel cannot hand the same one out twice."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def dovecot_version() -> tuple[int, int]:
@@ -44,8 +51,7 @@ class DovecotServer:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="ims-dovecot-", dir="/tmp"))
         os.chmod(self.root, 0o755)
-        self.imap_port = free_port()
-        self.lmtp_port = free_port()
+        self.imap_port, self.lmtp_port = free_ports(2)
         self.pid: int | None = None
         self.conf = self.root / "dovecot.conf"
         self.users_file = self.root / "users"

@@ -150,8 +150,10 @@ def test_two_incrementals_without_their_full_name_the_unchanged_folders(fresh_st
     user = sorted(p.name for p in (fresh_store / "partitions" / "primary").iterdir())[0]
     next_second()
     started = since_now()
-    backup(fresh_store, incr1, "-d", started, "/primary")
+    # the second incremental's date no later than the first one's start: a first backup
+    # that ended in the next second would otherwise leave a gap in the chain
     started2 = since_now()
+    backup(fresh_store, incr1, "-d", started, "/primary")
     deliver(maildir(fresh_store, user), "1800000000.M4P4.late", b"Subject: x\n\ny\n")
     time.sleep(1.1)
     backup(fresh_store, incr2, "-d", started2, "/primary")
@@ -252,7 +254,7 @@ def test_lock_timeout_counts_nothing_removes_what_it_staged_and_stops(fresh_stor
         lock.write_text(f"{os.getpid()}:{socket.gethostname()}")
         locks.append(lock)
     started = time.monotonic()
-    result = restore(fresh_store, "-f", str(archive), "--lock-timeout", "2", "--json",
+    result = restore(fresh_store, "-f", str(archive), "--lock-timeout", "3", "--json",
                      *(f"/primary/user/{u}/INBOX" for u in users))
     elapsed = time.monotonic() - started
     for lock in locks:
@@ -260,7 +262,7 @@ def test_lock_timeout_counts_nothing_removes_what_it_staged_and_stops(fresh_stor
     assert result.returncode == 3, result.stderr
     summary = json.loads(result.stdout)
     assert summary["messages"] == 0 and len(summary["locked"]) == 1
-    assert elapsed < 4                            # the first timeout ended the run
+    assert elapsed < 5.9          # the first timeout ended the run (a second wait: >= 6 s)
     for user in users:
         assert [p.name for p in (maildir(fresh_store, user) / "tmp").iterdir()] == []
 
