@@ -145,24 +145,51 @@ def main() -> int:
         print(f"generated {store}: {counts} in {time.monotonic() - t0:.0f} s", flush=True)
     if not args.tmpfs:
         return run_rows(store, args)
-    # a machine that pages out cold page cache (here: the host's DAMON "pageout" scheme on
-    # the VM) gives each run a different share of reads from the disk; a tmpfs copy is read
-    # from memory by both tools, every run
+    # a machine that pages out cold page cache (here: the VM's own kernel runs a DAMON
+    # "pageout" scheme) gives each run a different share of reads from the disk; a tmpfs copy
+    # (no swap here) is read from memory by both tools, every run
+    store = store.resolve()
     mount = Path("/var/tmp/ims-bench-backup-tmpfs")
     mount.mkdir(exist_ok=True)
-    used = int(subprocess.run(["du", "-sb", str(store)], capture_output=True, text=True,
+    if subprocess.run(["mountpoint", "-q", str(mount)]).returncode == 0:
+        raise SystemExit(f"{mount} is mounted already (a run cut short?): umount it first")
+    # allocated blocks, not apparent bytes: a tmpfs charges a page for each small file
+    used = int(subprocess.run(["du", "-s", "-B1", str(store)], capture_output=True, text=True,
                               check=True).stdout.split()[0])
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used * 5 // 4 + (256 << 20)}",
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used * 3 // 2 + (256 << 20)}",
                     "tmpfs", str(mount)], check=True)
     try:
         copy = mount / store.name
         subprocess.run(["cp", "-a", str(store), str(copy)], check=True)    # keeps hard links
-        conf = copy / "config" / "msg.conf"
-        conf.write_text(conf.read_text().replace(str(store), str(copy)))
+        moved_config(store, copy)
         print(f"measured on a copy in a tmpfs: {copy}", flush=True)
         return run_rows(copy, args)
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        if subprocess.run(["umount", str(mount)]).returncode != 0:
+            time.sleep(1)       # (a command cut short by Ctrl-C may still hold a file)
+            if subprocess.run(["umount", str(mount)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(mount)])
+                print(f"warning: {mount} detached lazily (busy)", file=sys.stderr)
+        mount.rmdir()
+
+
+def moved_config(store: Path, copy: Path) -> None:
+    """The copy's msg.conf names the copy: every partition path and the log directory,
+    each of which must lie in the store (else the two tools would read different stores)."""
+    conf = copy / "config" / "msg.conf"
+    lines = []
+    for line in conf.read_text().splitlines():
+        key, equals, value = line.partition("=")
+        name = key.strip()
+        if equals and ((name.startswith("store.partition.") and name.endswith(".path"))
+                       or name == "local.store.logdir"):
+            path = Path(value.strip()).resolve()
+            if not path.is_relative_to(store):
+                raise SystemExit(f"{store / 'config' / 'msg.conf'}: {name} = {path} is outside"
+                                 f" the store; --tmpfs copies the store only")
+            line = f"{name} = {copy / path.relative_to(store)}"
+        lines.append(line)
+    conf.write_text("\n".join(lines) + "\n")
 
 
 def run_rows(store: Path, args: argparse.Namespace) -> int:

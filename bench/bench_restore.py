@@ -7,7 +7,9 @@ Usage (after bench_backup.py has generated the store):
 
 Archives are made once: ``imsbackup -f ims.ims /`` and ``tar --format=pax -cf store.tar``.
 Each run restores into fresh, empty directories (ext4 is much slower right after mass
-deletions, so targets are deleted only after all runs); ``sync`` runs before each timed
+deletions, so targets on a disk are deleted only after all runs; with ``--tmpfs`` each tree
+is removed before the other tool runs, so that both write into memory just freed); ``sync``
+runs before each timed
 command, so no run pays for the writeback of the one before.  ``--fresh-ext4`` (root): each
 restore goes into its own new ext4 file system, a loop-mounted image made for it with its
 inode tables written at once (``mkfs.ext4 -E lazy_itable_init=0``), and removed after the

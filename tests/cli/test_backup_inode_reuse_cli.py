@@ -38,7 +38,9 @@ def test_a_reused_inode_is_not_archived_as_a_link_to_the_old_message(tmp_path, m
                 path.unlink()
             # the delivery's file gets the freed inode number (ext4 hands it out again
             # soon; a few tries, the misses kept until the end so they are not reused)
-            scratch = users[1] / "Maildir" / "tmp"
+            # (in the freed inode's own directory: ext4 hands it out again there first;
+            # user 0's folders are archived already, and every try is removed)
+            scratch = old[0].parent
             for attempt in range(2000):
                 candidate = scratch / f"delivery.{attempt}"
                 candidate.write_bytes(NEW)

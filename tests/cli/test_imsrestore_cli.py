@@ -276,12 +276,15 @@ def test_killed_restore_into_an_existing_folder_run_again(fresh_store, tmp_path)
         # stream stalls: a fixed wait was too short on a busy machine); the last third of
         # the archive never comes, so the restore cannot have finished
         deadline = time.monotonic() + 30
-        while len({p.name.split(":")[0] for sub in ("cur", "new")
-                   for p in (maildir / sub).iterdir()}) < 2:
-            assert time.monotonic() < deadline, "nothing restored from two thirds in 30 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            while len({p.name.split(":")[0] for sub in ("cur", "new")
+                       for p in (maildir / sub).iterdir()}) < 2:
+                assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+                assert time.monotonic() < deadline, "nothing restored from two thirds in 30 s"
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
     partial = {p.name.split(":")[0] for sub in ("cur", "new") for p in (maildir / sub).iterdir()}
     assert {keep} < partial < originals                           # killed halfway
     assert restore(fresh_store, "-f", "-", data=data).returncode == 0

@@ -365,6 +365,7 @@ def test_a_lock_file_that_is_a_fifo_does_not_hang_the_restore_past_its_timeout(f
     inbox = maildir(fresh_store, user)
     next((inbox / "cur").iterdir()).unlink()                 # to be restored by rule 2
     os.mkfifo(inbox / "dovecot-uidlist.lock")
+    started = time.monotonic()
     try:
         result = run_cmd("imsrestore", "-f", str(archive), "--lock-timeout", "1",
                          f"/primary/user/{user}/INBOX", config_dir=fresh_store / "config",
@@ -372,6 +373,8 @@ def test_a_lock_file_that_is_a_fifo_does_not_hang_the_restore_past_its_timeout(f
     except subprocess.TimeoutExpired:
         raise AssertionError("imsrestore hung on a FIFO lock file past --lock-timeout 1")
     assert result.returncode == 3, result.stderr
+    # about the timeout: 1 s of waiting and the start (under 2 s on a busy machine)
+    assert time.monotonic() - started < 8
 
 
 def test_a_reader_child_killed_midway_is_no_traceback_and_no_half_folder(fresh_store, tmp_path):
