@@ -9,8 +9,8 @@ Archives are made once: ``imsbackup -f ims.ims /`` and ``tar --format=pax -cf st
 Each run restores into fresh, empty directories (ext4 is much slower right after mass
 deletions, so targets on a disk are deleted only after all runs; with ``--tmpfs`` each tree
 is removed before the other tool runs, so that both write into memory just freed); ``sync``
-runs before each timed
-command, so no run pays for the writeback of the one before.  ``--fresh-ext4`` (root): each
+runs before each timed command, so no run pays for the writeback of the one before.
+``--fresh-ext4`` (root): each
 restore goes into its own new ext4 file system, a loop-mounted image made for it with its
 inode tables written at once (``mkfs.ext4 -E lazy_itable_init=0``), and removed after the
 run: no run depends on what earlier runs, or earlier benchmarks, left on the disk.
