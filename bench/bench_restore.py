@@ -130,6 +130,16 @@ def main() -> int:
     entries = int(subprocess.run(f"find {store / 'partitions'} | wc -l", shell=True, check=True,
                                  capture_output=True, text=True).stdout)
     inodes = 2 * entries + 100_000
+    def emptied(path: Path) -> None:
+        # in a tmpfs, each restore's tree is removed before the other command runs: both
+        # then write into memory the kernel has just freed (measured on this VM, whose host
+        # takes back memory left unused: the command that ran second, into fresh memory,
+        # took 4-6 s longer, whichever it was)
+        if args.tmpfs:
+            for child in path.iterdir():
+                if child.name != "config":
+                    shutil.rmtree(child)
+
     ours, theirs, one_user, ratios = [], [], [], []
     for run in range(args.runs + 1):           # run 0 warms the cache and is not counted
         target = targets / f"run{run}"
@@ -145,17 +155,6 @@ def main() -> int:
         else:
             ours_cmd = f"{BIN / 'imsrestore'} -f {archive} /"
             tar_cmd = f"tar -xf {tarball} -C {target / 'tar'}"
-
-        def emptied(path: Path) -> None:
-            # in a tmpfs, each restore's tree is removed before the other command runs: both
-            # then write into memory the kernel has just freed (measured on this VM, whose
-            # host takes back memory left unused: the command that ran second, into fresh
-            # memory, took 4-6 s longer, whichever it was)
-            if args.tmpfs:
-                for child in path.iterdir():
-                    if child.name != "config":
-                        shutil.rmtree(child)
-
         if run % 2:     # alternate which goes first
             a = timed(ours_cmd, ims_env)
             emptied(target / "ims")
