@@ -429,14 +429,31 @@ class MaildirStore:
         """(folder name, why) for each folder link the last ``folders`` call did not follow."""
         return self._refused.pop((partition, user), [])
 
+    def _plain_below(self, partition: str, root: Path) -> os.stat_result | None:
+        """``root``'s status when no level of it below the partition directory is a link
+        (it is then where the partition's resolved path says, and no verdict is needed);
+        None when one is.  One ``lstat`` a level: resolving the whole path from ``/`` cost
+        a call per level of the partition's own path too, for every user."""
+        path = os.fspath(self.partition_dirs[partition])
+        st: os.stat_result | None = None
+        for level in root.relative_to(self.partition_dirs[partition]).parts:
+            path = os.path.join(path, level)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                return None
+        return st
+
     def user_info(self, partition: str, user: str) -> UserInfo:
         root = self.maildir(partition, user)
-        partition_real = self._partition_real(partition)
-        verdict = self._link_verdict(root, os.path.join(
-            partition_real, os.path.relpath(root, self.partition_dirs[partition])), "the Maildir")
-        if verdict:
-            raise LinkRefused(verdict)
-        st = os.stat(root)
+        st = self._plain_below(partition, root)
+        if st is None:
+            partition_real = self._partition_real(partition)
+            verdict = self._link_verdict(root, os.path.join(
+                partition_real, os.path.relpath(root, self.partition_dirs[partition])),
+                "the Maildir")
+            if verdict:
+                raise LinkRefused(verdict)
+            st = os.stat(root)
         self._listed[(partition, user, INBOX)] = (st.st_dev, st.st_ino)
         problems: tuple[str, ...] = ()
         try:

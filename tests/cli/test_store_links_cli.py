@@ -77,7 +77,8 @@ def test_folder_linked_out_of_the_store_is_backed_up(store, tmp_path):
                          dirname_to_folder(trash.name)) == keys
 
 
-@pytest.mark.parametrize("kind", ["self", "other-user", "second-link", "user-into-store"])
+@pytest.mark.parametrize("kind", ["self", "other-user", "second-link", "user-into-store",
+                                  "maildir-into-store"])
 def test_links_back_into_the_store_are_refused_and_named(store, tmp_path, kind):
     users = users_of(store)
     maildir = users[2] / "Maildir"
@@ -97,6 +98,12 @@ def test_links_back_into_the_store_are_refused_and_named(store, tmp_path, kind):
         link = maildir / ".Copy"
         link.symlink_to(away)
         expected = "/Copy"          # whichever of the two is met second is refused
+    elif kind == "maildir-into-store":
+        # the level below the user's directory: a link there is looked at as one above it
+        shutil.move(str(maildir), str(tmp_path / "old-maildir"))
+        link = maildir
+        link.symlink_to(users[3] / "Maildir")
+        expected = f"/{users[2].name}"
     else:
         link = users[0].parent / "zz-alias"
         link.symlink_to(users[3].name)
