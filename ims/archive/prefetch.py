@@ -240,8 +240,9 @@ class PrefetchReader:
                             return
 
         def wait_for_input(on: bool) -> None:
-            with lock:
-                batch["waiting_since"] = time.monotonic() if on else None
+            # no lock: one assignment, and a flush the flusher makes meanwhile only hands
+            # over complete entries (it takes the lock the batch is filled under)
+            batch["waiting_since"] = time.monotonic() if on else None
 
         def send_chunks(member: Member) -> None:
             """A large message's bytes, a slot at a time, then the digest's verdict."""
