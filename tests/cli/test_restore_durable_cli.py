@@ -1,6 +1,7 @@
 """Durability and shared stores. ``imsrestore --sync`` is durable: every control file (dovecot-uidlist, dovecot-keywords,
-subscriptions) is fsynced before it is renamed into place and its directory after; a new
-folder's cur/ and new/, the folder and its parent are synced.  Observed with strace on the
+subscriptions) is fsynced before it is renamed into place and its directory after (in a
+folder built aside, before the folder is moved into place); a new folder's cur/ and new/,
+the folder and its parent are synced.  Observed with strace on the
 installed command (``-y`` names the file behind each descriptor)."""
 
 from __future__ import annotations
@@ -63,7 +64,16 @@ def test_a_user_restored_whole_with_sync_is_durable(fresh_store, tmp_path):
     control = [r for r in renamed(lines)
                if r[2].rsplit("/", 1)[1] in ("dovecot-uidlist", "dovecot-keywords", "subscriptions")]
     assert any(r[2].endswith("/subscriptions") for r in control), control
-    assert any(r[2].endswith("/dovecot-uidlist") for r in control), control
+    # a folder built aside holds its control files under their own names: each is synced
+    # before the folder is moved into place, and the folder's new parent after the move
+    moves = [r for r in renamed(lines) if "/.ims-restore." in r[1] and ".ims-restore." not in r[2]]
+    assert len(moves) == 1 + len([p for p in maildir.iterdir()
+                                  if p.name.startswith(".") and (p / "cur").is_dir()]), moves
+    for number, source, target in moves:
+        assert f"{source}/dovecot-uidlist" in fsynced(lines[:number]), \
+            f"{source} moved to {target} before its dovecot-uidlist was synced"
+        assert target.rsplit("/", 1)[0] in fsynced(lines[number + 1:]), \
+            f"{target} moved into place, its parent not synced after"
     for number, source, target in control:
         before = [m.group(1) for line in lines[:number]
                   if (m := re.search(r"\bfsync\(\d+<([^>]*)>\)", line))]
