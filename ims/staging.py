@@ -15,7 +15,6 @@ written; each group's exit code is reported, and the run's code is the most seri
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -90,6 +89,7 @@ def stage(store: MaildirStore, scope: Scope, directory: Path, jobs: int,
     if report.estimated > report.free:
         raise DeviceError(f"{directory}: {report.free >> 20} MiB free, the staging files need"
                           f" about {report.estimated >> 20} MiB; nothing was written")
+    import subprocess       # here: every imsbackup imports this module, few stage
     pending = [GroupResult(p, g, directory / f"{p}-{g}.ims") for p, g in pairs]
     running: list[tuple[GroupResult, subprocess.Popen, float]] = []
     while pending or running:
