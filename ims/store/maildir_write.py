@@ -996,10 +996,6 @@ class MaildirWriter:
         self._counter = 0
         self._settled_dirs = SettledDirs()
         self._cleaned: set[tuple[str, str, bool]] = set()
-        # the Maildir and its tmp/ of the user whose folders are being restored, kept while
-        # that user's folders come (one after another): each folder had walked to them
-        # again and opened the INBOX's cur/ and new/ as well (nine calls a folder)
-        self._user_dirs: tuple[tuple[str, str], int, int] | None = None
 
     def has_partition(self, partition: str) -> bool:
         return partition in self.store.partition_dirs
@@ -1070,27 +1066,6 @@ class MaildirWriter:
         root, parts = self._place(partition, user)
         os.close(open_dir_under(root, parts[:-1], self.owner(partition, user)))
 
-    def _maildir_and_tmp(self, partition: str, user: str) -> tuple[int, int]:
-        """Descriptors of the user's Maildir and of its ``tmp/`` (made when missing), kept
-        by the writer until another user's are asked for: the caller does not close them.
-        A descriptor stays the directory it was opened as, wherever that is moved."""
-        key = (partition, user)
-        if self._user_dirs is not None and self._user_dirs[0] == key:
-            return self._user_dirs[1], self._user_dirs[2]
-        self._drop_user_dirs()
-        fd, subs = self._open_maildir(partition, user)
-        tmp = subs.pop("tmp")
-        close_all(subs)
-        self._user_dirs = (key, fd, tmp)
-        return fd, tmp
-
-    def _drop_user_dirs(self) -> None:
-        if self._user_dirs is not None:
-            _, fd, tmp = self._user_dirs
-            self._user_dirs = None
-            os.close(fd)
-            os.close(tmp)
-
     def _open_maildir(self, partition: str, user: str) -> tuple[int, dict[str, int]]:
         """The user's Maildir (an INBOX to hang folders on), made when missing."""
         root, parts = self._place(partition, user)
@@ -1114,13 +1089,12 @@ class MaildirWriter:
             target_dir = open_dir_under(root, parts[:-1], owner)
             aside_dir = os.dup(target_dir)
         else:
-            maildir_fd, tmp_fd = self._maildir_and_tmp(partition, user)
-            target_dir = os.dup(maildir_fd)
-            try:
-                aside_dir = os.dup(tmp_fd)
-            except BaseException:
-                os.close(target_dir)
-                raise
+            # opened again for each folder, from the partition down: the mail user may have
+            # moved, replaced or linked the Maildir since the last one (a descriptor kept
+            # for the user's folders would have put them where Dovecot no longer looks)
+            target_dir, subs = self._open_maildir(partition, user)
+            aside_dir = subs.pop("tmp")
+            close_all(subs)
         built = NewFolder(root, parts, target_dir, parts[-1], aside_dir, aside_name, owner,
                           whole, folder == INBOX, self.lock_timeout, self.sync, self.batch_size,
                           clean_aside=cleaned not in self._cleaned)
@@ -1132,7 +1106,9 @@ class MaildirWriter:
     def add_to_folder(self, partition: str, user: str, folder: str,
                       check_existing: bool) -> ExistingFolder:
         if folder != INBOX:
-            self._maildir_and_tmp(partition, user)      # made when missing
+            fd, subs = self._open_maildir(partition, user)
+            close_all(subs)
+            os.close(fd)
         root, parts = self._place(partition, user, folder)
         fd = open_dir_under(root, parts, self.owner(partition, user))
         return ExistingFolder(root, parts, fd, self.owner(partition, user), self.lock_timeout,
@@ -1171,10 +1147,8 @@ class MaildirWriter:
         return Settled(Path(root), tuple(parts), sub, name, self._settled_dirs)
 
     def close(self) -> None:
-        """Closes the descriptors kept for links to settled first copies and for the last
-        user's folders."""
+        """Closes the descriptors kept for links to settled first copies."""
         self._settled_dirs.close()
-        self._drop_user_dirs()
 
     def read_file(self, restored: Placed | Settled) -> bytes:
         dir_fd, name, owned = restored.open_source()

@@ -69,11 +69,20 @@ def test_a_user_restored_whole_with_sync_is_durable(fresh_store, tmp_path):
     moves = [r for r in renamed(lines) if "/.ims-restore." in r[1] and ".ims-restore." not in r[2]]
     assert len(moves) == 1 + len([p for p in maildir.iterdir()
                                   if p.name.startswith(".") and (p / "cur").is_dir()]), moves
+    with_keywords = 0
     for number, source, target in moves:
-        assert f"{source}/dovecot-uidlist" in fsynced(lines[:number]), \
-            f"{source} moved to {target} before its dovecot-uidlist was synced"
+        before = fsynced(lines[:number])
+        files = ["dovecot-uidlist"]
+        if os.path.exists(f"{target}/dovecot-keywords"):
+            files.append("dovecot-keywords")
+            with_keywords += 1
+        for name in files:
+            assert f"{source}/{name}" in before, \
+                f"{source} moved to {target} before its {name} was synced"
+        assert source in before, f"{source} moved to {target} before it was synced"
         assert target.rsplit("/", 1)[0] in fsynced(lines[number + 1:]), \
             f"{target} moved into place, its parent not synced after"
+    assert with_keywords, "no folder with keywords: the keywords file was not checked"
     for number, source, target in control:
         before = [m.group(1) for line in lines[:number]
                   if (m := re.search(r"\bfsync\(\d+<([^>]*)>\)", line))]

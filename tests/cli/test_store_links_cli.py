@@ -62,6 +62,20 @@ def test_user_moved_away_and_linked_back_is_backed_up(store, tmp_path):
     assert archived_keys(tmp_path / "full.ims", user_dir.name, "INBOX") == before
 
 
+def test_maildir_moved_away_and_linked_back_is_backed_up(store, tmp_path):
+    # the level below the user's directory: a link there is resolved and judged too
+    user_dir = users_of(store)[0]
+    before = maildir_keys(user_dir / "Maildir")
+    away = tmp_path / "bigdisk" / "Maildir"
+    away.parent.mkdir()
+    shutil.move(str(user_dir / "Maildir"), str(away))
+    (user_dir / "Maildir").symlink_to(away)
+    code, summary = backup(store, tmp_path / "full.ims")
+    assert code == 0, summary
+    assert summary["users"] == 5 and summary["skipped"] == []
+    assert archived_keys(tmp_path / "full.ims", user_dir.name, "INBOX") == before
+
+
 def test_folder_linked_out_of_the_store_is_backed_up(store, tmp_path):
     user_dir = users_of(store)[1]
     trash = a_folder(user_dir / "Maildir")
