@@ -67,8 +67,8 @@ def pipeline(cmd: list[str], env: dict[str, str] | None = None,
     the forking parent from before exec): the largest VmHWM of any one process, and the
     largest sum of PSS over the processes (shared pages counted once).  ``sample=False``:
     no sampling, for a run whose time counts (reading ``smaps_rollup`` walks the process's
-    page tables under its memory lock, and the sampler takes a core's share besides: on two
-    cores it had added about 0.1 s to a 0.4 s incremental)."""
+    page tables under its memory lock, and the sampler competes for the two cores with the
+    run it measures)."""
     start = time.monotonic()
     producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     consumer = subprocess.Popen(["cat"], stdin=producer.stdout, stdout=subprocess.DEVNULL)
